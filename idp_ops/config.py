@@ -1,0 +1,411 @@
+"""One typed settings model for the whole box.
+
+Sources, lowest to highest: defaults < YAML file < ``IDP_*`` environment variables.
+The YAML file is ``$IDP_CONFIG`` if set, else ``./idp-ops.yaml`` if present.
+Nested fields take ``__`` in environment names (``IDP_THERMAL__WARN_C=80``).
+
+The embedded default is the CPU profile: llama-server serving the bundled Gemma
+3 270M twice, under project-local directories (``./.idp-data``), so a fresh
+clone runs without a GPU or any configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+ProfileName = Literal["cpu", "gpu", "expert"]
+Protocol = Literal["openai", "llamacpp"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_FILE = "idp-ops.yaml"
+DEMO_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+DEMO_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be loaded; the message names every bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AcceptanceCriteria(_Strict):
+    """What an endpoint must do every night. ``None`` means 'not judged'."""
+
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    decode_tok_s_min: float | None = None
+    success_rate_min: float = Field(0.95, ge=0, le=1)
+    concurrency: int = Field(32, ge=1)
+    gpu_utilization_min_pct: float | None = None
+
+
+class Endpoint(_Strict):
+    name: str = Field(min_length=1)
+    protocol: Protocol
+    url: str
+    compose_service: str | None = None
+    # Name of the key file in the secrets dir; None means the endpoint has no key.
+    key_name: str | None = None
+    model: str = "default"
+    gpu: bool = False
+    acceptance: AcceptanceCriteria = AcceptanceCriteria()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+class ThermalThresholds(_Strict):
+    warn_c: float = 85.0
+    contain_c: float = 90.0
+    # Containment acts at min(contain_c, driver slowdown - margin): a card whose
+    # slowdown point is below contain_c must be stopped before it throttles.
+    slowdown_margin_c: float = Field(3.0, ge=0)
+    consecutive_samples: int = Field(2, ge=1)
+    sensor_interval_s: int = Field(30, ge=5)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThermalThresholds:
+        if self.warn_c >= self.contain_c:
+            raise ValueError(f"warn_c ({self.warn_c}) must be below contain_c ({self.contain_c})")
+        return self
+
+
+class HardwareProfile(_Strict):
+    name: str
+    gpu_name: str | None = None
+    gpu_bandwidth_gbs: float | None = Field(None, gt=0)
+    gpu_vram_gb: float | None = Field(None, gt=0)
+    cpu_name: str | None = None
+    cpu_bandwidth_gbs: float | None = Field(None, gt=0)
+    efficiency: float = Field(0.8, gt=0, le=1)
+
+
+HARDWARE_PROFILES: dict[str, HardwareProfile] = {
+    "rtx5070ti-ryzen9900x": HardwareProfile(
+        name="rtx5070ti-ryzen9900x",
+        gpu_name="RTX 5070 Ti",
+        gpu_bandwidth_gbs=896.0,
+        gpu_vram_gb=16.0,
+        cpu_name="Ryzen 9 9900X, DDR5-6400 dual channel",
+        cpu_bandwidth_gbs=102.4,
+    ),
+    "gtx1650": HardwareProfile(name="gtx1650", gpu_name="GTX 1650", gpu_bandwidth_gbs=128.0, gpu_vram_gb=4.0),
+    # The CPU profile's host is whatever runs it; its bandwidth is measured, not assumed.
+    "cpu-only": HardwareProfile(name="cpu-only"),
+}
+
+
+def _default_endpoints(profile: ProfileName) -> list[Endpoint]:
+    if profile == "cpu":
+        return [
+            Endpoint(
+                name="openai-standin",
+                protocol="openai",
+                url="http://127.0.0.1:18000",
+                compose_service="openai-standin",
+                key_name="openai_api_key",
+                model="gemma-3-270m",
+                # Plays the GPU server's role: containment stops it.
+                gpu=True,
+            ),
+            Endpoint(
+                name="llamacpp-cpu",
+                protocol="llamacpp",
+                url="http://127.0.0.1:18001",
+                compose_service="llamacpp-cpu",
+                key_name="llamacpp_api_key",
+                model="gemma-3-270m",
+            ),
+        ]
+    production = [
+        Endpoint(
+            name="vllm-gpu",
+            protocol="openai",
+            url="http://127.0.0.1:8000",
+            compose_service="vllm-gpu",
+            key_name="vllm_api_key",
+            model="llama-3.1-8b",
+            gpu=True,
+            # The plan's corrected table; single stream ceiling is ~89.6 tok/s on a 5070 Ti.
+            acceptance=AcceptanceCriteria(
+                ttft_p50_ms=100, ttft_p95_ms=200, decode_tok_s_min=60, gpu_utilization_min_pct=75
+            ),
+        ),
+        Endpoint(
+            name="llamacpp-cpu",
+            protocol="llamacpp",
+            url="http://127.0.0.1:8001",
+            compose_service="llamacpp-cpu",
+            key_name="llamacpp_api_key",
+            model="llama-3.2-3b",
+            # > 100 tok/s for one stream is above the ~40 tok/s DDR5 ceiling: not a criterion.
+            acceptance=AcceptanceCriteria(ttft_p50_ms=50),
+        ),
+    ]
+    if profile == "expert":
+        production.append(
+            Endpoint(
+                name="llamacpp-70b-hybrid",
+                protocol="llamacpp",
+                url="http://127.0.0.1:8002",
+                compose_service="llamacpp-70b-hybrid",
+                key_name="llamacpp_70b_api_key",
+                model="llama-3.3-70b",
+                gpu=True,
+            )
+        )
+    return production
+
+
+def _default_service_id() -> int:
+    # Services run as the operator's own uid, so 0600 key files stay readable
+    # by them and nobody else; as root we fall back to nobody (65534) and the
+    # key files are handed to that uid.
+    uid = os.getuid()
+    return uid if uid != 0 else 65534
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IDP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    profile: ProfileName = "cpu"
+
+    # Paths. Relative paths resolve against the working directory.
+    home: Path = Path(".idp-data")
+    models_dir: Path | None = None
+    backups_dir: Path | None = None
+    data_dir: Path | None = None
+    secrets_dir: Path | None = None
+    logs_dir: Path | None = None
+
+    # The stack.
+    compose_file: Path | None = None
+    compose_project: str | None = None
+    llama_server_image: str = "ghcr.io/ggml-org/llama.cpp:server"
+    llama_server_cuda_image: str = "ghcr.io/ggml-org/llama.cpp:server-cuda"
+    vllm_image: str = "vllm/vllm-openai:v0.7.1"
+    service_uid: int = Field(default_factory=_default_service_id, ge=0)
+    service_gid: int = Field(default_factory=_default_service_id, ge=0)
+    cpu_model_file: str = DEMO_MODEL_FILE
+    timezone: str = "UTC"
+    deploy_timeout_s: int = Field(300, ge=10)
+    stop_timeout_s: int = Field(10, ge=0)
+
+    endpoints: list[Endpoint] | None = None
+    # Services containment stops; default: those of endpoints with gpu=True.
+    gpu_services: list[str] | None = None
+
+    thermal: ThermalThresholds = ThermalThresholds()
+    hardware_profile: str | HardwareProfile | None = None
+
+    @field_validator("hardware_profile")
+    @classmethod
+    def _known_profile(cls, value: str | HardwareProfile | None) -> str | HardwareProfile | None:
+        if isinstance(value, str) and value not in HARDWARE_PROFILES:
+            raise ValueError(f"unknown profile {value!r}; known: {sorted(HARDWARE_PROFILES)} (or give a mapping)")
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, value: list[Endpoint] | None) -> list[Endpoint] | None:
+        names = [e.name for e in value or []]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate endpoint names {duplicates}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        home = self.home.expanduser().resolve()
+        self.home = home
+        for name, sub in (
+            ("models_dir", "models"),
+            ("backups_dir", "backups"),
+            ("data_dir", "data"),
+            ("secrets_dir", "secrets"),
+            ("logs_dir", "logs"),
+        ):
+            value = getattr(self, name)
+            setattr(self, name, (value.expanduser() if value else home / sub).resolve())
+        if self.compose_file is None:
+            filename = "docker-compose.cpu.yml" if self.profile == "cpu" else "docker-compose.yml"
+            self.compose_file = REPO_ROOT / "compose" / filename
+        self.compose_file = self.compose_file.expanduser().resolve()
+        if self.compose_project is None:
+            self.compose_project = "idp-ops-cpu" if self.profile == "cpu" else "idp-ops"
+        if self.endpoints is None:
+            self.endpoints = _default_endpoints(self.profile)
+        if self.gpu_services is None:
+            self.gpu_services = [e.compose_service for e in self.endpoints if e.gpu and e.compose_service]
+        if self.hardware_profile is None:
+            self.hardware_profile = "cpu-only" if self.profile == "cpu" else "rtx5070ti-ryzen9900x"
+        if isinstance(self.hardware_profile, str):
+            self.hardware_profile = HARDWARE_PROFILES[self.hardware_profile]
+        return self
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def hardware(self) -> HardwareProfile:
+        assert isinstance(self.hardware_profile, HardwareProfile)
+        return self.hardware_profile
+
+    @property
+    def compose_profiles(self) -> list[str]:
+        return ["expert"] if self.profile == "expert" else []
+
+    def endpoint(self, name: str) -> Endpoint:
+        for endpoint in self.endpoints or []:
+            if endpoint.name == name:
+                return endpoint
+        raise KeyError(f"no endpoint named {name!r}; configured: {[e.name for e in self.endpoints or []]}")
+
+    def key_file(self, endpoint: Endpoint) -> Path | None:
+        return self.secrets_dir / endpoint.key_name if endpoint.key_name else None
+
+    @property
+    def key_names(self) -> dict[str, list[str]]:
+        """Key name -> compose services that read it (a rotation restarts them)."""
+        keys: dict[str, list[str]] = {}
+        for endpoint in self.endpoints or []:
+            if endpoint.key_name:
+                services = keys.setdefault(endpoint.key_name, [])
+                if endpoint.compose_service and endpoint.compose_service not in services:
+                    services.append(endpoint.compose_service)
+        return keys
+
+    @property
+    def containment_latch_file(self) -> Path:
+        return self.data_dir / "containment.json"
+
+    def compose_environment(self) -> dict[str, str]:
+        """Values the compose files interpolate. Never a key: keys travel as secret files."""
+        env = {
+            "IDP_MODELS_DIR": str(self.models_dir),
+            "IDP_SECRETS_DIR": str(self.secrets_dir),
+            "IDP_LLAMA_SERVER_IMAGE": self.llama_server_image,
+            "IDP_LLAMA_SERVER_CUDA_IMAGE": self.llama_server_cuda_image,
+            "IDP_VLLM_IMAGE": self.vllm_image,
+            "IDP_SERVICE_UID": str(self.service_uid),
+            "IDP_SERVICE_GID": str(self.service_gid),
+            "IDP_CPU_MODEL_FILE": self.cpu_model_file,
+            "IDP_TZ": self.timezone,
+        }
+        for endpoint in self.endpoints or []:
+            variable = _PORT_VARIABLES.get(endpoint.compose_service or "")
+            if variable:
+                env[variable] = str(endpoint.port)
+            model_variable = _MODEL_NAME_VARIABLES.get(endpoint.compose_service or "")
+            if model_variable:
+                env[model_variable] = endpoint.model
+        return env
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _config_file_path()
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+# Which compose variable publishes which service's port / names its model.
+_PORT_VARIABLES = {
+    "openai-standin": "IDP_OPENAI_PORT",
+    "llamacpp-cpu": "IDP_LLAMACPP_PORT",
+    "vllm-gpu": "IDP_VLLM_PORT",
+    "llamacpp-70b-hybrid": "IDP_HYBRID_PORT",
+}
+_MODEL_NAME_VARIABLES = {
+    "openai-standin": "IDP_OPENAI_MODEL_NAME",
+    "llamacpp-cpu": "IDP_LLAMACPP_MODEL_NAME",
+}
+
+# Set by load_settings for the duration of one load (pydantic-settings builds
+# its sources inside the constructor, so the path travels out of band).
+_config_file_override: list[Path | None] = []
+
+
+def _config_file_path() -> Path | None:
+    if _config_file_override and _config_file_override[-1] is not None:
+        return _config_file_override[-1]
+    explicit = os.environ.get("IDP_CONFIG")
+    if explicit:
+        return Path(explicit)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings, turning every validation problem into one readable SettingsError."""
+    path = Path(config_file) if config_file else _config_file_path()
+    if path is not None:
+        _check_yaml_file(path)
+    _config_file_override.append(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, path)) from None
+    except ValueError as exc:  # a malformed env value pydantic-settings could not decode
+        raise SettingsError(f"invalid settings: {exc}") from None
+    finally:
+        _config_file_override.pop()
+
+
+def _check_yaml_file(path: Path) -> None:
+    import yaml
+
+    if not path.is_file():
+        raise SettingsError(f"settings file {path} does not exist (set IDP_CONFIG or create it)")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from None
+    if content is not None and not isinstance(content, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping of settings, not {type(content).__name__}")
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = error["loc"]
+        field = ".".join(str(part) for part in loc) or "settings"
+        given = error.get("input")
+        shown = ""
+        if error["type"] != "value_error" and not isinstance(given, (dict, list)) and given is not None:
+            shown = f" (got {given!r})"
+        where = f"YAML key {field!r}"
+        if all(isinstance(part, str) for part in loc):  # list items have no env name of their own
+            where += " or env IDP_" + "__".join(str(part).upper() for part in loc)
+        lines.append(f"  {field}: {error['msg']}{shown}  [{where}]")
+    source = f" (YAML file: {path})" if path else ""
+    return f"invalid settings{source}:\n" + "\n".join(lines)

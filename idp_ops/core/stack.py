@@ -1,0 +1,211 @@
+"""Deploy the stack and prove it; contain the GPU service; the containment latch.
+
+Plain functions over Settings, used by the Dagster assets/jobs and the CLI alike.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from idp_ops.config import Settings
+from idp_ops.core.compose import ComposeError, ComposeProject, ServiceState, check_docker, image_id
+from idp_ops.core.fsutil import atomic_write_json
+from idp_ops.core.probe import ProbeResult, probe_endpoint, wait_until_ready
+from idp_ops.core.secrets import read_key
+
+Log = Callable[[str], None]
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def compose_project(settings: Settings) -> ComposeProject:
+    return ComposeProject(
+        settings.compose_file,
+        settings.compose_project,
+        profiles=settings.compose_profiles,
+        environment=settings.compose_environment(),
+    )
+
+
+# -- deploy ------------------------------------------------------------------
+
+
+@dataclass
+class DeployReport:
+    project: str
+    compose_file: str
+    services: list[dict]
+    endpoints: list[dict]
+    up_seconds: float
+    total_seconds: float
+    rearmed: bool
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+
+
+def preflight(settings: Settings) -> list[str]:
+    """Cheap checks that turn the commonest failures into one clear sentence each."""
+    problems = []
+    check_docker()
+    if settings.profile == "cpu":
+        model = settings.models_dir / settings.cpu_model_file
+        if not model.is_file():
+            problems.append(
+                f"model file {model} is missing: run `idp-ops models fetch-demo` (or set IDP_MODELS_DIR)"
+            )
+    for key_name in settings.key_names:
+        if not (settings.secrets_dir / key_name).is_file():
+            problems.append(f"key {key_name} is missing in {settings.secrets_dir}: run `idp-ops secrets generate`")
+    return problems
+
+
+def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
+    """Bring the configured profile up, wait for health, then prove every endpoint.
+
+    On failure the error says which containers are left running, so nothing is
+    left half-started without saying so.
+    """
+    started = time.monotonic()
+    problems = preflight(settings)
+    if problems:
+        raise DeployError("cannot deploy:\n  - " + "\n  - ".join(problems))
+    project = compose_project(settings)
+    log(f"validating {settings.compose_file.name} with compose")
+    project.config()
+    log(f"starting project {settings.compose_project} (profile {settings.profile}); waiting for healthchecks")
+    try:
+        up_seconds = project.up(timeout=settings.deploy_timeout_s)
+    except ComposeError as exc:
+        raise DeployError(f"{exc}\n{_left_behind(project)}") from None
+    log(f"containers healthy after {up_seconds:.1f} s; probing endpoints")
+
+    results: list[ProbeResult] = []
+    for endpoint in settings.endpoints or []:
+        key_file = settings.key_file(endpoint)
+        key = read_key(key_file) if key_file else None
+        wait_until_ready(endpoint.url, timeout_s=min(120, settings.deploy_timeout_s))
+        result = probe_endpoint(endpoint.name, endpoint.url, endpoint.protocol, endpoint.model, key)
+        log(
+            f"{endpoint.name}: health {result.health_status}, without key {result.unauthenticated_status}, "
+            f"with key {result.authenticated_status} ({result.completion_ms:.0f} ms)"
+        )
+        results.append(result)
+
+    services = [_service_row(state) for state in project.ps()]
+    rearmed = clear_latch(settings)
+    if rearmed:
+        log("containment latch cleared: the thermal guard is re-armed")
+    all_problems = [f"{r.endpoint}: {p}" for r in results for p in r.problems]
+    return DeployReport(
+        project=settings.compose_project,
+        compose_file=str(settings.compose_file),
+        services=services,
+        endpoints=[r.as_dict() for r in results],
+        up_seconds=round(up_seconds, 2),
+        total_seconds=round(time.monotonic() - started, 2),
+        rearmed=rearmed,
+        ok=not all_problems,
+        problems=all_problems,
+    )
+
+
+def _service_row(state: ServiceState) -> dict:
+    return {
+        "service": state.service,
+        "container": state.container,
+        "state": state.state,
+        "health": state.health,
+        "image": state.image,
+        "image_id": image_id(state.image),
+        "ports": ", ".join(f"{p['host_ip']}:{p['published']}->{p['target']}" for p in state.ports),
+    }
+
+
+def _left_behind(project: ComposeProject) -> str:
+    try:
+        states = project.ps()
+    except ComposeError:
+        return "  (could not list the project's containers afterwards)"
+    running = [s for s in states if s.running]
+    if not running:
+        return "  nothing of this project is left running"
+    described = ", ".join(f"{s.service} ({s.health or s.state})" for s in running)
+    return f"  left running: {described}; stop them with `idp-ops down` or fix and deploy again"
+
+
+# -- containment -------------------------------------------------------------
+
+
+@dataclass
+class ContainmentReport:
+    reason: str
+    reading: dict
+    services: list[str]
+    stopped: list[str]
+    still_running: list[str]
+    stop_seconds: float
+    contained_at: str
+    ok: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def contain(settings: Settings, reason: str, reading: dict | None = None, *, log: Log = _quiet) -> ContainmentReport:
+    """Stop the GPU services, verify they stopped, and latch until a person re-arms."""
+    services = list(settings.gpu_services or [])
+    if not services:
+        raise DeployError("no GPU services configured to contain (settings.gpu_services is empty)")
+    project = compose_project(settings)
+    log(f"containment: stopping {', '.join(services)} ({reason})")
+    stop_seconds = project.stop(services, timeout=settings.stop_timeout_s)
+    states = {s.service: s for s in project.ps(services)}
+    still_running = [name for name in services if name in states and states[name].running]
+    stopped = [name for name in services if name not in still_running]
+    report = ContainmentReport(
+        reason=reason,
+        reading=reading or {},
+        services=services,
+        stopped=stopped,
+        still_running=still_running,
+        stop_seconds=round(stop_seconds, 3),
+        contained_at=now_iso(),
+        ok=not still_running,
+    )
+    # Latch even when the stop failed: the guard must keep treating the card as hot.
+    atomic_write_json(settings.containment_latch_file, report.as_dict())
+    return report
+
+
+def read_latch(settings: Settings) -> dict | None:
+    path: Path = settings.containment_latch_file
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        # A damaged latch still means "contained": fail safe.
+        return {"reason": "containment latch file is unreadable", "damaged": True}
+
+
+def clear_latch(settings: Settings) -> bool:
+    path: Path = settings.containment_latch_file
+    if path.exists():
+        path.unlink()
+        return True
+    return False

@@ -1,0 +1,416 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from idp_ops.core.audit import (
+    RULES,
+    ComposeFileError,
+    Finding,
+    audit_compose,
+    audit_compose_file,
+    has_high,
+    load_compose_file,
+)
+
+COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
+SECRET = "sk-abcdef0123456789ABCDEFxyz"
+DROP = object()
+
+
+def hardened_service() -> dict:
+    return {
+        "image": "ghcr.io/ggml-org/llama.cpp:server",
+        "user": "65534:65534",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "ports": ["127.0.0.1:8000:8000"],
+        "volumes": ["/mnt/models:/models:ro"],
+        "healthcheck": {"test": ["CMD", "curl", "-f", "http://127.0.0.1:8000/health"], "interval": "30s"},
+        "deploy": {"resources": {"limits": {"memory": "1g", "cpus": "1.0", "pids": 256}}},
+        "logging": {"driver": "json-file", "options": {"max-size": "20m", "max-file": "3"}},
+    }
+
+
+def service_with(changes: dict) -> dict:
+    """The hardened service with `changes` applied; keys may be dotted paths, DROP deletes."""
+    svc = hardened_service()
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = svc
+        for parent in parents:
+            node = node[parent]
+        if value is DROP:
+            del node[key]
+        else:
+            node[key] = copy.deepcopy(value)
+    return svc
+
+
+def write_compose(tmp_path: Path, services: dict, **top) -> Path:
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump({**top, "services": services}, sort_keys=False))
+    return path
+
+
+def audit_bad(tmp_path: Path, changes: dict) -> list[Finding]:
+    """Audit a file with one hardened service `good` and one `bad` carrying `changes`."""
+    path = write_compose(tmp_path, {"good": hardened_service(), "bad": service_with(changes)})
+    return audit_compose_file(path)
+
+
+def test_hardened_service_has_no_findings(tmp_path):
+    path = write_compose(tmp_path, {"svc": hardened_service()})
+    assert audit_compose_file(path) == []
+
+
+# (case id, changes to the hardened service, rule, text the message must name)
+BAD_CASES = [
+    ("cap_drop-missing", {"cap_drop": DROP}, "CIS-5.4", "cap_drop"),
+    ("cap_drop-partial", {"cap_drop": ["NET_RAW"]}, "CIS-5.4", "ALL"),
+    ("cap_add-SYS_ADMIN", {"cap_add": ["SYS_ADMIN"]}, "CIS-5.4", "SYS_ADMIN"),
+    ("cap_add-CAP_NET_ADMIN", {"cap_add": ["CAP_NET_ADMIN"]}, "CIS-5.4", "NET_ADMIN"),
+    ("privileged", {"privileged": True}, "CIS-5.5", "privileged"),
+    ("no-memory-limit", {"deploy.resources.limits.memory": DROP}, "CIS-5.10", "memory"),
+    ("no-cpu-limit", {"deploy.resources.limits.cpus": DROP}, "CIS-5.11", "CPU"),
+    ("read_only-false", {"read_only": False}, "CIS-5.13", "read_only"),
+    ("read_only-missing", {"read_only": DROP}, "CIS-5.13", "read_only"),
+    ("port-0.0.0.0", {"ports": ["0.0.0.0:8000:8000"]}, "CIS-5.14", "0.0.0.0:8000:8000"),
+    ("port-host:container", {"ports": ["8000:8000"]}, "CIS-5.14", "8000:8000"),
+    ("port-bare-string", {"ports": ["8080"]}, "CIS-5.14", "8080"),
+    ("port-int", {"ports": [8080]}, "CIS-5.14", "8080"),
+    ("port-udp-all-interfaces", {"ports": ["5353:5353/udp"]}, "CIS-5.14", "5353:5353/udp"),
+    ("port-long-no-host_ip", {"ports": [{"target": 8080, "published": 18080}]}, "CIS-5.14", "all interfaces"),
+    (
+        "port-long-public-host_ip",
+        {"ports": [{"target": 8080, "published": 18080, "host_ip": "0.0.0.0"}]},
+        "CIS-5.14",
+        "0.0.0.0",
+    ),
+    ("port-interpolated-public", {"ports": ["0.0.0.0:${IDP_PORT:-18000}:8080"]}, "CIS-5.14", "0.0.0.0"),
+    ("port-lan-ip", {"ports": ["192.168.1.10:8000:8000"]}, "CIS-5.14", "192.168.1.10"),
+    ("network_mode-host", {"network_mode": "host", "ports": DROP}, "CIS-5.14", "network_mode: host"),
+    ("pid-host", {"pid": "host"}, "CIS-5.16", "pid: host"),
+    ("ipc-host", {"ipc": "host"}, "CIS-5.17", "shm_size"),
+    ("security_opt-missing", {"security_opt": DROP}, "CIS-5.26", "no-new-privileges"),
+    ("security_opt-false", {"security_opt": ["no-new-privileges:false"]}, "CIS-5.26", "no-new-privileges"),
+    ("healthcheck-missing", {"healthcheck": DROP}, "CIS-5.27", "no healthcheck"),
+    ("healthcheck-disabled", {"healthcheck": {"disable": True}}, "CIS-5.27", "disables"),
+    ("healthcheck-NONE", {"healthcheck": {"test": ["NONE"]}}, "CIS-5.27", "disables"),
+    ("no-pids-limit", {"deploy.resources.limits.pids": DROP}, "CIS-5.29", "pids"),
+    (
+        "docker.sock-short",
+        {"volumes": ["/mnt/models:/models:ro", "/var/run/docker.sock:/var/run/docker.sock"]},
+        "CIS-5.31",
+        "/var/run/docker.sock",
+    ),
+    (
+        "docker.sock-long",
+        {
+            "volumes": [
+                "/mnt/models:/models:ro",
+                {"type": "bind", "source": "/run/docker.sock", "target": "/sock", "read_only": True},
+            ]
+        },
+        "CIS-5.31",
+        "/run/docker.sock",
+    ),
+    ("env-list-interpolated", {"environment": ["VLLM_API_KEY=${VLLM_API_KEY}"]}, "IDP-SECRET-ENV", "VLLM_API_KEY"),
+    ("env-mapping-interpolated", {"environment": {"VLLM_API_KEY": "${VLLM_API_KEY}"}}, "IDP-SECRET-ENV", "VLLM_API_KEY"),
+    ("env-mapping-literal", {"environment": {"HF_TOKEN": "hf_literal"}}, "IDP-SECRET-ENV", "HF_TOKEN"),
+    ("env-literal-key-value", {"environment": {"OPENAI_BASE": SECRET}}, "IDP-SECRET-ENV", "OPENAI_BASE"),
+    ("env_file-secrets", {"env_file": "./secrets/api-keys.env"}, "IDP-SECRET-ENV", "./secrets/api-keys.env"),
+    (
+        "env_file-long",
+        {"env_file": [{"path": "./config/tokens.env", "required": False}]},
+        "IDP-SECRET-ENV",
+        "./config/tokens.env",
+    ),
+    ("cmd-api-key-literal", {"command": ["--model", "/models", "--api-key", SECRET]}, "IDP-SECRET-CMD", "--api-key"),
+    ("cmd-api-key-equals", {"command": f"--api-key={SECRET} --port 8000"}, "IDP-SECRET-CMD", "--api-key"),
+    ("cmd-password-flag", {"command": ["--password", "hunter2"]}, "IDP-SECRET-CMD", "--password"),
+    ("cmd-token-interpolated", {"command": ["--token", "${HF_TOKEN}"]}, "IDP-SECRET-CMD", "HF_TOKEN"),
+    (
+        "healthcheck-bearer-interpolated",
+        {
+            "healthcheck.test": [
+                "CMD-SHELL",
+                'curl -fsS -H "Authorization: Bearer ${VLLM_API_KEY}" http://127.0.0.1:8000/v1/models',
+            ]
+        },
+        "IDP-SECRET-CMD",
+        "VLLM_API_KEY",
+    ),
+    (
+        "entrypoint-dollar-name",
+        {"entrypoint": ["/bin/sh", "-c", "exec server --key-from-env $OPENAI_API_KEY"]},
+        "IDP-SECRET-CMD",
+        "OPENAI_API_KEY",
+    ),
+    (
+        "cmd-hex-literal",
+        {"command": ["--header", "X-Auth: " + "0123456789abcdef" * 2]},
+        "IDP-SECRET-CMD",
+        "looks like an API key",
+    ),
+    ("models-rw-short", {"volumes": ["/mnt/models:/models"]}, "IDP-MODEL-RW", "/mnt/models"),
+    ("models-rw-explicit", {"volumes": ["${IDP_MODELS_DIR}:/models:rw"]}, "IDP-MODEL-RW", "${IDP_MODELS_DIR}"),
+    (
+        "models-rw-long",
+        {"volumes": [{"type": "bind", "source": "/srv/llm", "target": "/models"}]},
+        "IDP-MODEL-RW",
+        "/srv/llm",
+    ),
+    ("models-anonymous", {"volumes": ["/models"]}, "IDP-MODEL-RW", "/models"),
+    ("user-root", {"user": "root"}, "IDP-ROOT", "root"),
+    ("user-0:0", {"user": "0:0"}, "IDP-ROOT", "0:0"),
+    ("user-int-0", {"user": 0}, "IDP-ROOT", "user: 0"),
+    ("user-interpolated-root-default", {"user": "${IDP_UID:-0}:${IDP_GID:-0}"}, "IDP-ROOT", "${IDP_UID:-0}"),
+    ("user-missing", {"user": DROP}, "IDP-ROOT", "no user"),
+    ("logging-missing", {"logging": DROP}, "IDP-LOGGING", "logging"),
+    ("logging-no-max-size", {"logging.options": {"max-file": "3"}}, "IDP-LOGGING", "max-size"),
+    ("logging-local-no-options", {"logging": {"driver": "local"}}, "IDP-LOGGING", "local"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "rule", "named"),
+    [pytest.param(changes, rule, named, id=case_id) for case_id, changes, rule, named in BAD_CASES],
+)
+def test_rule_flags_planted_problem(tmp_path, changes, rule, named):
+    findings = audit_bad(tmp_path, changes)
+
+    assert findings, "expected a finding"
+    assert {f.rule for f in findings} == {rule}, [f.to_dict() for f in findings]
+    for finding in findings:
+        assert finding.service == "bad"
+        assert finding.severity == RULES[rule][0]
+    assert any(named in f.message for f in findings), [f.message for f in findings]
+
+
+def test_every_rule_has_a_case():
+    assert {rule for _, _, rule, _ in BAD_CASES} == set(RULES)
+
+
+@pytest.mark.parametrize(
+    ("rule", "severity"),
+    [
+        ("CIS-5.4", "high"),
+        ("CIS-5.5", "high"),
+        ("CIS-5.10", "medium"),
+        ("CIS-5.11", "low"),
+        ("CIS-5.13", "medium"),
+        ("CIS-5.14", "high"),
+        ("CIS-5.16", "high"),
+        ("CIS-5.17", "high"),
+        ("CIS-5.26", "medium"),
+        ("CIS-5.27", "medium"),
+        ("CIS-5.29", "medium"),
+        ("CIS-5.31", "high"),
+        ("IDP-SECRET-ENV", "high"),
+        ("IDP-SECRET-CMD", "high"),
+        ("IDP-MODEL-RW", "high"),
+        ("IDP-ROOT", "medium"),
+        ("IDP-LOGGING", "low"),
+    ],
+)
+def test_rule_severity(rule, severity):
+    assert RULES[rule][0] == severity
+
+
+NOT_FLAGGED = [
+    ("api-key-file", {"command": ["--host", "0.0.0.0", "--api-key-file", "/run/secrets/k"]}),
+    ("tokenizer-flag", {"command": ["--tokenizer", "/models/tok", "--tokenizer-mode", "auto"]}),
+    (
+        "escaped-command-substitution",
+        {
+            "entrypoint": [
+                "/bin/sh",
+                "-c",
+                'VLLM_API_KEY="$$(cat /run/secrets/vllm_api_key)"; export VLLM_API_KEY; exec vllm "$$@"',
+                "vllm-entrypoint",
+            ]
+        },
+    ),
+    ("escaped-dollar-name", {"healthcheck.test": ["CMD-SHELL", "test -n \"$$VLLM_API_KEY\""]}),
+    (
+        "harmless-env",
+        {
+            "environment": {
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "API_KEY_FILE": "/run/secrets/api_key",
+                "HOME": "/tmp",
+            }
+        },
+    ),
+    ("secret-name-without-value", {"environment": ["VLLM_API_KEY", "HF_TOKEN="]}),
+    ("env_file-plain", {"env_file": ["./config/runtime.env"]}),
+    ("port-interpolated-loopback", {"ports": ["127.0.0.1:${IDP_PORT:-18000}:8080"]}),
+    ("port-interpolated-host-ip-default", {"ports": ["${IDP_BIND:-127.0.0.1}:8000:8000"]}),
+    ("port-ipv6-loopback", {"ports": ["[::1]:8000:8000"]}),
+    ("port-loopback-range-tcp", {"ports": ["127.0.0.2:8000-8001:8000-8001/tcp"]}),
+    ("port-long-loopback", {"ports": [{"target": 8080, "published": "18080", "host_ip": "127.0.0.1"}]}),
+    ("pids_limit", {"deploy.resources.limits.pids": DROP, "pids_limit": 100}),
+    ("mem_limit", {"deploy.resources.limits.memory": DROP, "mem_limit": "1g"}),
+    ("cpus-top-level", {"deploy.resources.limits.cpus": DROP, "cpus": 2}),
+    ("no-new-privileges-bare", {"security_opt": ["no-new-privileges"]}),
+    ("no-new-privileges-equals", {"security_opt": ["no-new-privileges=true"]}),
+    ("cap_drop-lowercase", {"cap_drop": ["all"], "cap_add": ["NET_BIND_SERVICE"]}),
+    ("user-interpolated", {"user": "${IDP_SERVICE_UID:-65534}:${IDP_SERVICE_GID:-65534}"}),
+    ("user-name", {"user": "rootless"}),
+    ("models-interpolated-ro", {"volumes": ["${IDP_MODELS_DIR:?IDP_MODELS_DIR must be set}/llama:/models:ro"]}),
+    ("models-long-ro", {"volumes": [{"type": "bind", "source": "/mnt/models", "target": "/models", "read_only": True}]}),
+    ("tmpfs-volume", {"volumes": [{"type": "tmpfs", "target": "/models-cache"}, "/mnt/models:/models:ro"]}),
+    ("read_only-interpolated", {"read_only": "${IDP_READ_ONLY:-true}"}),
+    ("logging-syslog", {"logging": {"driver": "syslog"}}),
+]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [pytest.param(changes, id=case_id) for case_id, changes in NOT_FLAGGED],
+)
+def test_not_flagged(tmp_path, changes):
+    findings = audit_bad(tmp_path, changes)
+    assert findings == [], [f.to_dict() for f in findings]
+
+
+def test_secret_values_are_never_echoed(tmp_path):
+    findings = audit_bad(
+        tmp_path,
+        {
+            "command": ["--api-key", SECRET, "--password=hunter2pass"],
+            "entrypoint": f"/bin/sh -c 'exec server --token {SECRET}'",
+            "environment": {"OPENAI_API_KEY": SECRET, "DB_PASSWORD": "hunter2pass", "OTHER": SECRET},
+            "healthcheck.test": ["CMD-SHELL", f"curl -H 'Authorization: Bearer {SECRET}' http://127.0.0.1:8000"],
+        },
+    )
+    assert {f.rule for f in findings} == {"IDP-SECRET-CMD", "IDP-SECRET-ENV"}
+    text = str([f.to_dict() for f in findings])
+    assert SECRET not in text
+    assert SECRET[:12] not in text
+    assert "hunter2pass" not in text
+    assert any("OPENAI_API_KEY" in f.message for f in findings)
+    assert any("DB_PASSWORD" in f.message for f in findings)
+
+
+def test_merge_keys_and_extension_fields(tmp_path):
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(
+        """
+x-hardening: &hardening
+  user: "65534:65534"
+  read_only: true
+  cap_drop: [ALL]
+  security_opt: [no-new-privileges:true]
+  logging: {driver: json-file, options: {max-size: 10m}}
+  healthcheck: {test: ["CMD", "true"]}
+  deploy: {resources: {limits: {memory: 1g, cpus: "1", pids: 64}}}
+services:
+  hardened:
+    <<: *hardening
+    ports: ["127.0.0.1:${IDP_PORT:-8000}:8000"]
+  overridden:
+    <<: *hardening
+    read_only: false
+"""
+    )
+    findings = audit_compose_file(path)
+    assert [(f.service, f.rule) for f in findings] == [("overridden", "CIS-5.13")]
+
+
+def test_findings_sorted_by_severity_service_rule(tmp_path):
+    findings = audit_compose_file(
+        write_compose(
+            tmp_path,
+            {
+                "b": {"image": "x"},
+                "a": {"image": "x", "privileged": True},
+            },
+        )
+    )
+    ranks = {"high": 0, "medium": 1, "low": 2}
+    keys = [(ranks[f.severity], f.service) for f in findings]
+    assert keys == sorted(keys)
+    assert findings[0].severity == "high" and findings[-1].severity == "low"
+    a_high = [f.rule for f in findings if f.service == "a" and f.severity == "high"]
+    assert a_high == ["CIS-5.4", "CIS-5.5"]  # natural order, not string order
+    a_medium = [f.rule for f in findings if f.service == "a" and f.severity == "medium"]
+    assert a_medium == ["CIS-5.10", "CIS-5.13", "CIS-5.26", "CIS-5.27", "CIS-5.29", "IDP-ROOT"]
+    assert has_high(findings)
+
+
+def test_has_high():
+    low = Finding("svc", "CIS-5.11", "low", "no CPU limit")
+    high = Finding("svc", "CIS-5.5", "high", "privileged")
+    assert not has_high([])
+    assert not has_high([low])
+    assert has_high([low, high])
+
+
+def test_finding_to_dict():
+    finding = Finding("svc", "CIS-5.5", "high", "service 'svc' runs privileged: true")
+    assert finding.to_dict() == {
+        "service": "svc",
+        "rule": "CIS-5.5",
+        "severity": "high",
+        "message": "service 'svc' runs privileged: true",
+    }
+
+
+def test_audit_compose_accepts_a_loaded_model():
+    findings = audit_compose({"services": {"svc": service_with({"privileged": True})}})
+    assert [(f.service, f.rule) for f in findings] == [("svc", "CIS-5.5")]
+
+
+# --- malformed files ---------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ComposeFileError, match="not found"):
+        audit_compose_file(tmp_path / "nope.yml")
+
+
+def test_yaml_syntax_error_reports_line(tmp_path):
+    path = tmp_path / "docker-compose.yml"
+    path.write_text("services:\n  svc:\n    image: x\n    ports: [\"8000\"\n  other: {}\n")
+    with pytest.raises(ComposeFileError, match=r"line \d+") as info:
+        load_compose_file(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        pytest.param("- a\n- b\n", "not a mapping", id="top-level-list"),
+        pytest.param("", "not a mapping", id="empty-file"),
+        pytest.param("name: x\nnetworks: {}\n", "no `services`", id="no-services"),
+        pytest.param("services: [a, b]\n", "no `services`", id="services-list"),
+        pytest.param("services:\n  svc: nginx\n", "'svc' is not a mapping", id="service-not-mapping"),
+    ],
+)
+def test_malformed_compose(tmp_path, text, match):
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(text)
+    with pytest.raises(ComposeFileError, match=match):
+        audit_compose_file(path)
+
+
+def test_compose_file_error_is_value_error():
+    with pytest.raises(ValueError):
+        audit_compose([])
+
+
+# --- shipped files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.cpu.yml"])
+def test_shipped_compose_has_no_high_findings(name):
+    findings = audit_compose_file(COMPOSE_DIR / name)
+    high = [f"{f.service}: {f.rule} {f.message}" for f in findings if f.severity == "high"]
+    assert not high, "high-severity findings:\n" + "\n".join(high)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 # What a failing `up` tends to print, turned into one line an operator can act on.
@@ -189,9 +190,13 @@ class ComposeProject:
         except json.JSONDecodeError as exc:
             raise ComposeError(f"compose config printed something that is not JSON: {exc}") from None
 
-    def up(self, services: list[str] | None = None, *, wait: bool = True, timeout: float = 300) -> float:
+    def up(
+        self, services: list[str] | None = None, *, wait: bool = True, timeout: float = 300, force_recreate: bool = False
+    ) -> float:
         """Create/start services and wait until healthy; returns the seconds it took."""
         args = ["up", "--detach", "--remove-orphans", "--pull", "missing"]
+        if force_recreate:
+            args += ["--force-recreate", "--no-deps"]
         if wait:
             args += ["--wait", "--wait-timeout", str(int(timeout))]
         start = time.monotonic()
@@ -241,6 +246,17 @@ def _service_state(row: dict) -> ServiceState:
         ],
         exit_code=row.get("ExitCode"),
     )
+
+
+def container_started_at(container: str) -> datetime | None:
+    out = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.StartedAt}}", container], capture_output=True, text=True
+    )
+    if out.returncode != 0 or not out.stdout.strip() or out.stdout.startswith("0001-"):
+        return None
+    # Docker prints nanoseconds; Python's parser takes at most microseconds.
+    stamp = re.sub(r"(\.\d{6})\d*", r"\1", out.stdout.strip()).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp)
 
 
 def image_id(image: str) -> str | None:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 from idp_ops.config import Settings
-from idp_ops.core.compose import ComposeError, ComposeProject, ServiceState, check_docker, image_id
+from idp_ops.core.compose import (
+    ComposeError,
+    ComposeProject,
+    ServiceState,
+    check_docker,
+    container_started_at,
+    image_id,
+)
 from idp_ops.core.fsutil import atomic_write_json
 from idp_ops.core.probe import ProbeResult, probe_endpoint, wait_until_ready
 from idp_ops.core.secrets import read_key
@@ -88,8 +95,14 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
     log(f"validating {settings.compose_file.name} with compose")
     project.config()
     log(f"starting project {settings.compose_project} (profile {settings.profile}); waiting for healthchecks")
+    stale = services_with_stale_keys(settings, project)
     try:
         up_seconds = project.up(timeout=settings.deploy_timeout_s)
+        if stale:
+            # A container keeps the key file it started with (bind mounts follow the inode,
+            # and key writes are atomic renames): recreate those whose key is newer.
+            log(f"keys rotated since {', '.join(stale)} started: recreating them")
+            up_seconds += project.up(stale, timeout=settings.deploy_timeout_s, force_recreate=True)
     except ComposeError as exc:
         raise DeployError(f"{exc}\n{_left_behind(project)}") from None
     log(f"containers healthy after {up_seconds:.1f} s; probing endpoints")
@@ -122,6 +135,22 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
         ok=not all_problems,
         problems=all_problems,
     )
+
+
+def services_with_stale_keys(settings: Settings, project: ComposeProject) -> list[str]:
+    """Running services whose key file changed after they started."""
+    containers = {s.service: s.container for s in project.ps() if s.running}
+    stale = []
+    for endpoint in settings.endpoints or []:
+        key_file = settings.key_file(endpoint)
+        service = endpoint.compose_service
+        if not key_file or not service or service not in containers or not key_file.exists():
+            continue
+        started = container_started_at(containers[service])
+        modified = datetime.fromtimestamp(key_file.stat().st_mtime, tz=timezone.utc)
+        if started is not None and modified > started and service not in stale:
+            stale.append(service)
+    return stale
 
 
 def _service_row(state: ServiceState) -> dict:

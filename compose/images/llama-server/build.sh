@@ -69,8 +69,8 @@ ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/app" "$ctx/rootfs/lib" "$ctx/rootfs/lib64" "$ctx/rootfs/bin" "$ctx/rootfs/tmp"
 cp "$server_bin" "$ctx/rootfs/app/llama-server"
-# llama.cpp's own shared libraries (libllama, libggml*), symlinks resolved.
-find "$build_root/build/bin" -maxdepth 1 -name 'lib*.so*' -exec cp -L {} "$ctx/rootfs/app/" \;
+# llama.cpp's own shared libraries (libllama, libggml*), symlinks kept as symlinks.
+find "$build_root/build/bin" -maxdepth 1 -name 'lib*.so*' -exec cp -P {} "$ctx/rootfs/app/" \;
 # System libraries the binary links against, as ldd resolves them here.
 LD_LIBRARY_PATH="$ctx/rootfs/app" ldd "$ctx/rootfs/app/llama-server" | awk '/=> \//{print $3}' | while read -r lib; do
   case "$lib" in "$ctx"/*) ;; *) cp -L "$lib" "$ctx/rootfs/lib/" ;; esac

@@ -26,7 +26,8 @@ from pathlib import Path
 _HINTS = [
     (re.compile(r"port is already allocated|address already in use", re.I),
      "a published port is already in use on this host: stop what holds it or change the endpoint URL's port"),
-    (re.compile(r"pull access denied|manifest unknown|No such image|not found: manifest|failed to resolve reference", re.I),
+    (re.compile(r"pull access denied|manifest unknown|No such image|not found: manifest|failed to resolve reference"
+                r"|no such host|dial tcp|registry-1\.docker\.io", re.I),
      "the image is not available locally and cannot be pulled: build it (compose/images/llama-server/build.sh) "
      "or set the image name in settings"),
     (re.compile(r"Cannot connect to the Docker daemon|docker daemon is not running|connect: no such file", re.I),
@@ -170,11 +171,11 @@ class ComposeProject:
         except subprocess.TimeoutExpired as exc:
             stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
             raise ComposeError(
-                f"`compose {' '.join(args[:2])}` did not finish within {timeout:.0f} s", command=argv, stderr=stderr
+                f"`compose {args[0]}` did not finish within {timeout:.0f} s", command=argv, stderr=stderr
             ) from None
         if check and result.returncode != 0:
             raise ComposeError(
-                f"`compose {' '.join(args[:2])}` failed (exit {result.returncode})",
+                f"`compose {args[0]}` failed (exit {result.returncode})",
                 command=argv,
                 stderr=result.stderr,
                 hint=_hint_for(result.stderr),

@@ -76,8 +76,15 @@ def preflight(settings: Settings) -> list[str]:
                 f"model file {model} is missing: run `idp-ops models fetch-demo` (or set IDP_MODELS_DIR)"
             )
     for key_name in settings.key_names:
-        if not (settings.secrets_dir / key_name).is_file():
+        path = settings.secrets_dir / key_name
+        if not path.is_file():
             problems.append(f"key {key_name} is missing in {settings.secrets_dir}: run `idp-ops secrets generate`")
+        elif path.stat().st_uid != settings.service_uid and not path.stat().st_mode & 0o004:
+            # The service would crash-loop on "failed to open file" behind a healthcheck timeout.
+            problems.append(
+                f"key {key_name} is not readable by the services' uid {settings.service_uid}: "
+                "run `idp-ops secrets generate` (it hands key files to that uid)"
+            )
     return problems
 
 

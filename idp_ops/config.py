@@ -79,13 +79,61 @@ class ThermalThresholds(_Strict):
     # slowdown point is below contain_c must be stopped before it throttles.
     slowdown_margin_c: float = Field(3.0, ge=0)
     consecutive_samples: int = Field(2, ge=1)
+    # A line is crossed again only after falling this far below it (no flapping).
+    hysteresis_c: float = Field(3.0, ge=0)
+    # An episode ends once the temperature has stayed below warn_c - hysteresis this long.
+    clear_after_s: float = Field(300.0, ge=0)
     sensor_interval_s: int = Field(30, ge=5)
+    guard_interval_s: float = Field(5.0, gt=0)
+    # JSON POST of each alert (ntfy/Slack-style); None: the alerts log only.
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(5.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> ThermalThresholds:
         if self.warn_c >= self.contain_c:
             raise ValueError(f"warn_c ({self.warn_c}) must be below contain_c ({self.contain_c})")
         return self
+
+
+class BackupSettings(_Strict):
+    # The backup volume; default: backups_dir. Refused unless it is a mount point
+    # or holds the marker file written when the volume was set up.
+    destination: Path | None = None
+    marker_file: str = ".idp-backup-volume"
+    keep_snapshots: int = Field(4, ge=1)
+    # Each run re-hashes 1/N of the store on both sides: all of it every N runs.
+    scrub_runs: int = Field(8, ge=1)
+    excludes: list[str] = ["*.tmp", "cache/"]
+    # Parallel hashing threads; 0 = one per core.
+    hash_workers: int = Field(0, ge=0)
+
+
+class ModelDownload(_Strict):
+    """A model file the box should have: from a URL or a Hugging Face repo, checked by sha256."""
+
+    name: str
+    url: str | None = None
+    hf_repo: str | None = None
+    hf_file: str | None = None
+    hf_revision: str = "main"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Path relative to models_dir.
+    target: str
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelDownload:
+        if bool(self.url) == bool(self.hf_repo and self.hf_file):
+            raise ValueError("give either url, or hf_repo and hf_file")
+        if Path(self.target).is_absolute() or ".." in Path(self.target).parts:
+            raise ValueError(f"target must be a path inside models_dir, got {self.target!r}")
+        return self
+
+    @property
+    def source_url(self) -> str:
+        if self.url:
+            return self.url
+        return f"https://huggingface.co/{self.hf_repo}/resolve/{self.hf_revision}/{self.hf_file}"
 
 
 class HardwareProfile(_Strict):
@@ -219,6 +267,8 @@ class Settings(BaseSettings):
     gpu_services: list[str] | None = None
 
     thermal: ThermalThresholds = ThermalThresholds()
+    backup: BackupSettings = BackupSettings()
+    model_downloads: list[ModelDownload] = []
     hardware_profile: str | HardwareProfile | None = None
 
     @field_validator("hardware_profile")
@@ -250,6 +300,7 @@ class Settings(BaseSettings):
         ):
             value = getattr(self, name)
             setattr(self, name, (value.expanduser() if value else home / sub).resolve())
+        self.backup.destination = (self.backup.destination or self.backups_dir).expanduser().resolve()
         if self.compose_file is None:
             filename = "docker-compose.cpu.yml" if self.profile == "cpu" else "docker-compose.yml"
             self.compose_file = REPO_ROOT / "compose" / filename
@@ -299,6 +350,18 @@ class Settings(BaseSettings):
     @property
     def containment_latch_file(self) -> Path:
         return self.data_dir / "containment.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.data_dir / "history.duckdb"
+
+    @property
+    def thermal_spool_dir(self) -> Path:
+        return self.data_dir / "thermal-spool"
+
+    @property
+    def alerts_log(self) -> Path:
+        return self.logs_dir / "alerts.jsonl"
 
     def compose_environment(self) -> dict[str, str]:
         """Values the compose files interpolate. Never a key: keys travel as secret files."""

@@ -1,0 +1,135 @@
+"""The box's history in one DuckDB file: schema, migrations, short-lived connections.
+
+DuckDB lets one process write a file at a time, so every writer opens a
+connection for one unit of work and closes it; a writer that finds the file
+locked retries with backoff instead of failing the run. Sensors never open it:
+they spool to files that an asset ingests.
+
+Migrations are append-only: add a new (version, statements) entry, never edit
+an applied one. Each domain's tables are declared here so the whole schema is
+readable in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            # Incremental sha256 cache: a file whose stat is unchanged reuses its hash.
+            """CREATE TABLE manifest_cache (
+                path VARCHAR PRIMARY KEY,
+                size BIGINT NOT NULL,
+                mtime_ns BIGINT NOT NULL,
+                inode BIGINT NOT NULL,
+                sha256 VARCHAR NOT NULL,
+                hashed_at TIMESTAMPTZ NOT NULL
+            )""",
+            """CREATE TABLE backup_runs (
+                run_id VARCHAR PRIMARY KEY,
+                started_at TIMESTAMPTZ NOT NULL,
+                finished_at TIMESTAMPTZ NOT NULL,
+                snapshot VARCHAR NOT NULL,
+                rsync_exit INTEGER NOT NULL,
+                files_total BIGINT,
+                files_transferred BIGINT,
+                bytes_transferred BIGINT,
+                duration_s DOUBLE,
+                verified_files BIGINT,
+                scrubbed_files BIGINT,
+                scrub_bytes BIGINT,
+                mismatched INTEGER,
+                missing INTEGER,
+                ok BOOLEAN NOT NULL
+            )""",
+            """CREATE TABLE thermal_samples (
+                ts TIMESTAMPTZ NOT NULL,
+                device VARCHAR NOT NULL,
+                source VARCHAR NOT NULL,
+                temperature_c DOUBLE,
+                power_w DOUBLE,
+                energy_mj DOUBLE,
+                utilization_pct DOUBLE,
+                memory_used_mb DOUBLE,
+                memory_total_mb DOUBLE,
+                sm_clock_mhz DOUBLE,
+                mem_clock_mhz DOUBLE,
+                throttle_reasons VARCHAR,
+                PRIMARY KEY (ts, device)
+            )""",
+            """CREATE TABLE model_files (
+                path VARCHAR PRIMARY KEY,
+                kind VARCHAR NOT NULL,
+                size BIGINT NOT NULL,
+                architecture VARCHAR,
+                parameters BIGINT,
+                file_type VARCHAR,
+                block_count INTEGER,
+                context_length BIGINT,
+                embedding_length BIGINT,
+                head_count INTEGER,
+                head_count_kv INTEGER,
+                finding VARCHAR,
+                scanned_at TIMESTAMPTZ NOT NULL
+            )""",
+        ],
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class HistoryError(RuntimeError):
+    pass
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema up to date; returns the version it is at."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    for version, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        current = version
+    if current > SCHEMA_VERSION:
+        raise HistoryError(f"history file is at schema {current}, newer than this code ({SCHEMA_VERSION}): upgrade idp_ops")
+    return current
+
+
+@contextmanager
+def connect(path: Path, *, read_only: bool = False, lock_timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One short-lived connection, migrated, retried while another writer holds the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + lock_timeout_s
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only and path.exists())
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                raise HistoryError(f"cannot open history {path}: {exc}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    try:
+        if not (read_only and path.exists()):
+            migrate(con)
+        yield con
+    finally:
+        con.close()

@@ -1,16 +1,23 @@
 """The one place the code location's Definitions are assembled."""
 
-from dagster import Definitions
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from idp_ops.assets import stack
-from idp_ops.jobs import containment_job, deploy_job
+from idp_ops.assets import backup, models, stack, thermal
+from idp_ops.jobs import jobs
 from idp_ops.resources import SettingsResource, StackResource
+from idp_ops.schedules import schedules
+from idp_ops.sensors import sensors
+
+ASSET_MODULES = [stack, models, backup, thermal]
 
 settings_resource = SettingsResource()
 
 defs = Definitions(
-    assets=[stack.api_keys, stack.compose_audit, stack.stack_deployment],
-    jobs=[deploy_job, containment_job],
+    assets=load_assets_from_modules(ASSET_MODULES),
+    asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
+    jobs=jobs,
+    schedules=schedules,
+    sensors=sensors,
     resources={
         "settings": settings_resource,
         "stack": StackResource(settings=settings_resource),

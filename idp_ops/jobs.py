@@ -49,3 +49,6 @@ def stop_gpu_services(context: OpExecutionContext, config: ContainmentConfig, st
 @job(executor_def=in_process_executor, description="Stop the GPU service(s) before the card overheats.")
 def containment_job():
     stop_gpu_services()
+
+
+jobs = [deploy_job, containment_job]

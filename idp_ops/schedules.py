@@ -1,0 +1,3 @@
+"""Schedules: what runs unattended, and when."""
+
+schedules: list = []

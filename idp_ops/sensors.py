@@ -1,0 +1,3 @@
+"""Sensors: what acts without anyone watching."""
+
+sensors: list = []

@@ -88,6 +88,11 @@ class ThermalThresholds(_Strict):
     # JSON POST of each alert (ntfy/Slack-style); None: the alerts log only.
     webhook_url: str | None = None
     webhook_timeout_s: float = Field(5.0, gt=0)
+    # No new sample for this many sensor intervals: the daemon or sensor is dead.
+    stale_after_intervals: int = Field(4, ge=2)
+    # Replay a recorded trace instead of reading NVML (demos, tests); rows fed per tick.
+    replay_csv: Path | None = None
+    replay_rows_per_tick: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> ThermalThresholds:

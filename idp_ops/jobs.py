@@ -51,4 +51,32 @@ def containment_job():
     stop_gpu_services()
 
 
-jobs = [deploy_job, containment_job]
+weekly_backup_job = define_asset_job(
+    "weekly_backup_job",
+    selection=AssetSelection.groups("backup"),
+    description="Refresh the model store's sha256 manifest (incremental), snapshot it to the backup volume with rsync, "
+    "verify the copy and a rotating scrub slice, prune old snapshots.",
+    executor_def=in_process_executor,
+)
+
+
+@job(
+    executor_def=in_process_executor,
+    description="Copy a model (config path) or the whole store back from a snapshot (config snapshot; default the "
+    "latest), verifying every copy against the snapshot's manifest before replacing anything.",
+)
+def restore_job():
+    from idp_ops.assets.backup import restore_models  # the op lives with its domain
+
+    restore_models()
+
+
+thermal_ingest_job = define_asset_job(
+    "thermal_ingest_job",
+    selection=AssetSelection.groups("thermal"),
+    description="Ingest the thermal spool (samples the sensor and the guard wrote) into DuckDB and roll it up hourly.",
+    executor_def=in_process_executor,
+)
+
+
+jobs = [deploy_job, containment_job, weekly_backup_job, restore_job, thermal_ingest_job]

@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from idp_ops.assets.tables import markdown_table as _table
 from idp_ops.core.audit import ComposeFileError, audit_compose_file, has_high
 from idp_ops.core.secrets import ensure_keys
 from idp_ops.resources import SettingsResource, StackResource
@@ -131,9 +132,3 @@ def stack_deployment(context: AssetExecutionContext, stack: StackResource) -> Ma
         raise Failure(description="deployment not proven:\n" + "\n".join(report.problems), metadata=metadata)
     return MaterializeResult(metadata=metadata)
 
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "/") for c in columns) + " |")
-    return "\n".join(lines)

@@ -32,21 +32,38 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 sha256 VARCHAR NOT NULL,
                 hashed_at TIMESTAMPTZ NOT NULL
             )""",
+            # One row per backup run, refused and failed runs included. snapshot is NULL
+            # when no verified snapshot was made, rsync_exit when rsync never ran; the
+            # lists name the files (mismatched/missing block a snapshot; source_corrupt
+            # is bit rot found on the store by the scrub; repaired are rotten backup
+            # copies replaced in the new snapshot).
             """CREATE TABLE backup_runs (
                 run_id VARCHAR PRIMARY KEY,
                 started_at TIMESTAMPTZ NOT NULL,
                 finished_at TIMESTAMPTZ NOT NULL,
-                snapshot VARCHAR NOT NULL,
-                rsync_exit INTEGER NOT NULL,
+                source VARCHAR NOT NULL,
+                destination VARCHAR NOT NULL,
+                snapshot VARCHAR,
+                status VARCHAR NOT NULL,
+                message VARCHAR,
+                rsync_exit INTEGER,
                 files_total BIGINT,
+                bytes_total BIGINT,
                 files_transferred BIGINT,
                 bytes_transferred BIGINT,
                 duration_s DOUBLE,
                 verified_files BIGINT,
+                verified_bytes BIGINT,
+                scrub_slice INTEGER,
+                scrub_slices INTEGER,
                 scrubbed_files BIGINT,
                 scrub_bytes BIGINT,
-                mismatched INTEGER,
-                missing INTEGER,
+                mismatched VARCHAR[],
+                missing VARCHAR[],
+                source_corrupt VARCHAR[],
+                repaired VARCHAR[],
+                vanished VARCHAR[],
+                pruned VARCHAR[],
                 ok BOOLEAN NOT NULL
             )""",
             """CREATE TABLE thermal_samples (
@@ -64,18 +81,53 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 throttle_reasons VARCHAR,
                 PRIMARY KEY (ts, device)
             )""",
+            """CREATE TABLE thermal_hourly (
+                hour TIMESTAMPTZ NOT NULL,
+                device VARCHAR NOT NULL,
+                samples INTEGER NOT NULL,
+                min_c DOUBLE,
+                avg_c DOUBLE,
+                max_c DOUBLE,
+                seconds_above_warn DOUBLE,
+                seconds_above_contain DOUBLE,
+                throttle_seconds VARCHAR,
+                energy_kwh DOUBLE,
+                PRIMARY KEY (hour, device)
+            )""",
+            # Model inventory (core/gguf_meta.py): one row per model file; a rescan of
+            # a root replaces that root's rows. Byte columns feed the physics ceilings:
+            # tensor_bytes is what one decode step streams (less most of token_embd
+            # when output.weight is separate), layer_bytes what offloading one layer moves.
             """CREATE TABLE model_files (
                 path VARCHAR PRIMARY KEY,
+                root VARCHAR NOT NULL,
                 kind VARCHAR NOT NULL,
                 size BIGINT NOT NULL,
                 architecture VARCHAR,
+                model_name VARCHAR,
+                size_label VARCHAR,
                 parameters BIGINT,
                 file_type VARCHAR,
+                tensor_types VARCHAR,
+                tensor_count INTEGER,
+                tensor_bytes BIGINT,
+                layer_bytes BIGINT,
+                layer_bytes_max BIGINT,
+                non_layer_bytes BIGINT,
+                token_embd_bytes BIGINT,
+                tied_embeddings BOOLEAN,
                 block_count INTEGER,
                 context_length BIGINT,
                 embedding_length BIGINT,
+                feed_forward_length BIGINT,
                 head_count INTEGER,
                 head_count_kv INTEGER,
+                key_length INTEGER,
+                value_length INTEGER,
+                sliding_window INTEGER,
+                expert_count INTEGER,
+                expert_used_count INTEGER,
+                details VARCHAR,
                 finding VARCHAR,
                 scanned_at TIMESTAMPTZ NOT NULL
             )""",

@@ -1,0 +1,139 @@
+"""`idp-ops manifest`, `verify`, `backup` and `restore`: the backup domain's commands.
+
+Exit status as for every command: 0 fine, 1 the work found a problem (a
+mismatched or missing file, a backup that made no good snapshot or found the
+store corrupt), 2 it could not run (bad settings, no such directory or
+manifest, a restore stopped before replacing anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from idp_ops.core.history import HistoryError
+from idp_ops.core.manifest import ManifestError
+from idp_ops.core.rsync import BackupError, RestoreError
+
+ERRORS = (ManifestError, BackupError, RestoreError, HistoryError)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from idp_ops.cli import emit, progress
+    from idp_ops.config import load_settings
+    from idp_ops.core.manifest import build_manifest, write_manifest
+
+    settings = load_settings(args.config)
+    root = Path(args.dir).expanduser().resolve()
+    output = Path(args.output).expanduser().resolve() if args.output else root
+    log = progress(args)
+    built = build_manifest(
+        root,
+        cache_file=None if args.no_cache else settings.history_file,
+        excludes=settings.backup.excludes,
+        workers=settings.backup.hash_workers,
+        progress=lambda p: log(p.describe()),
+    )
+    json_file, sums_file = write_manifest(built.manifest, output)
+    data = {"root": str(root), "manifest": str(json_file), "sha256sums": str(sums_file), **built.stats.as_dict()}
+
+    def human(d: dict) -> str:
+        return (
+            f"{d['root']}: {d['files']} files, {d['bytes'] / 1e9:.2f} GB; {d['hashed_files']} hashed "
+            f"({d['hashed_bytes'] / 1e9:.2f} GB at {d['hash_rate_mb_s']} MB/s), {d['reused_files']} unchanged "
+            f"(cached); {d['seconds']} s\n"
+            f"  {d['manifest']}\n  {d['sha256sums']}  (cd {d['root']} && sha256sum -c {d['sha256sums']})"
+        )
+
+    emit(args, data, human)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from idp_ops.cli import emit, progress
+    from idp_ops.core.manifest import verify
+
+    log = progress(args)
+    result = verify(Path(args.dir).expanduser(), Path(args.manifest).expanduser(), progress=lambda p: log(p.describe()))
+
+    def human(d: dict) -> str:
+        lines = [
+            f"{args.dir}: {d['checked']} files checked, {len(d['mismatched'])} mismatched, {len(d['missing'])} missing"
+            + (" - OK" if d["ok"] else "")
+        ]
+        lines += [f"MISMATCH {p} ({result.reasons.get(p, 'differs')})" for p in d["mismatched"]]
+        lines += [f"MISSING  {p}" for p in d["missing"]]
+        return "\n".join(lines)
+
+    emit(args, result.as_dict(), human)
+    return 0 if result.ok else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from idp_ops.cli import emit, progress
+    from idp_ops.config import load_settings
+    from idp_ops.core.rsync import backup_store
+
+    report = backup_store(load_settings(args.config), log=progress(args))
+
+    def human(d: dict) -> str:
+        head = f"backup {d['status'].upper()} -> {d['destination']}"
+        return head + "\n" + d["message"].replace("; ", "\n")
+
+    emit(args, report.as_dict(), human)
+    return 0 if report.ok else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from idp_ops.cli import emit, progress
+    from idp_ops.config import load_settings
+    from idp_ops.core.rsync import restore
+
+    settings = load_settings(args.config)
+    report = restore(
+        settings.backup.destination,
+        settings.models_dir,
+        snapshot=args.snapshot,
+        path=args.path,
+        workers=settings.backup.hash_workers,
+        log=progress(args),
+    )
+
+    def human(d: dict) -> str:
+        lines = [
+            f"from snapshot {d['snapshot']} into {d['target']}: {len(d['restored'])} restored "
+            f"({d['bytes_restored'] / 1e9:.2f} GB), {len(d['unchanged'])} already identical"
+        ]
+        lines += [f"  restored {p}" for p in d["restored"]]
+        return "\n".join(lines)
+
+    emit(args, report.as_dict(), human)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    manifest = sub.add_parser(
+        "manifest", parents=[common], help="sha256 of every file under DIR (incremental), as manifest.json + SHA256SUMS"
+    )
+    manifest.add_argument("dir")
+    manifest.add_argument("--output", help="where to write manifest.json and SHA256SUMS (default: DIR itself)")
+    manifest.add_argument("--no-cache", action="store_true", help="hash every file; do not read or write the cache")
+    manifest.set_defaults(func=cmd_manifest)
+
+    verify = sub.add_parser(
+        "verify", parents=[common], help="re-hash every file a manifest lists; exit 1 naming each bad or missing one"
+    )
+    verify.add_argument("dir")
+    verify.add_argument("--manifest", required=True, help="a manifest.json written by `idp-ops manifest` or a backup")
+    verify.set_defaults(func=cmd_verify)
+
+    sub.add_parser(
+        "backup", parents=[common], help="snapshot the model store to the backup volume, verify it, prune old snapshots"
+    ).set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser(
+        "restore", parents=[common], help="copy a model (PATH) or the whole store back from a snapshot, verified first"
+    )
+    restore.add_argument("path", nargs="?", help="file or directory relative to the models dir (default: everything)")
+    restore.add_argument("--snapshot", help="snapshot name (default: the latest)")
+    restore.set_defaults(func=cmd_restore)

@@ -1,0 +1,990 @@
+"""Snapshot backups of the model store with rsync: verified, scrubbed, pruned, restorable.
+
+Layout on the backup volume (``destination``)::
+
+    DEST/
+      .idp-backup-volume        marker written when the volume was set up (not needed on a mount point)
+      snapshots/
+        .lock                   one backup at a time
+        scrub-state.json        the scrub rotation's run counter (it belongs to this volume)
+        .in-progress/           the snapshot being made; a failed run leaves it for the next to resume
+        20250105T030000Z/       a verified snapshot (UTC start time: names sort by age)
+          models/...            the store; files unchanged since the last snapshot are hard links to it
+          manifest.json         exactly what this snapshot holds, with sha256
+          SHA256SUMS            cd models && sha256sum -c ../SHA256SUMS
+          backup.json           the run's report
+
+A run copies into ``.in-progress`` with ``--link-dest`` to the latest snapshot, checks
+the copy, and only then renames it to its dated name: anything with a dated name
+was verified, a failed run never looks like a good snapshot, and the previous
+snapshot is never written to. Older snapshots are pruned only after that rename.
+
+Verification after rsync, cheapest first:
+  * every file the manifest lists is in the snapshot with its size, and the plan's
+    file-count check;
+  * every file written in this run (transferred by rsync, or otherwise not a hard
+    link into the previous snapshot, e.g. left by a failed run being resumed) is
+    hashed at the destination and compared with the manifest;
+  * the scrub: a rotating slice of the store, ``1/scrub_runs`` of its files,
+    re-hashed on both sides without any cache. It catches what size+mtime cannot:
+    bit rot on the source (the manifest cache and rsync both trust the stat) and
+    on the backup copy (hard-linked from snapshot to snapshot, never re-read by
+    rsync). A rotten backup copy whose source is good is replaced in the new
+    snapshot by a fresh verified copy and reported.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+from idp_ops.core.fsutil import atomic_write_json
+from idp_ops.core.manifest import (
+    BLOCK_SIZE,
+    MANIFEST_NAME,
+    OWN_FILES,
+    Entry,
+    Manifest,
+    ManifestError,
+    build_manifest,
+    check_entries,
+    hash_files,
+    load_manifest,
+    scan,
+    write_manifest,
+)
+
+if TYPE_CHECKING:
+    from idp_ops.config import Settings
+
+Log = Callable[[str], None]
+
+SNAPSHOTS = "snapshots"
+IN_PROGRESS = ".in-progress"
+DATA = "models"
+PARTIAL_DIR = ".rsync-partial"
+REPORT_NAME = "backup.json"
+SCRUB_STATE = "scrub-state.json"
+LOCK_NAME = ".lock"
+SNAPSHOT_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
+PROGRESS_INTERVAL_S = 10.0
+
+# rsync(1) EXIT VALUES, so a failure reads as words and not a number.
+RSYNC_EXIT_MEANINGS = {
+    1: "syntax or usage error",
+    2: "protocol incompatibility",
+    3: "errors selecting input/output files or directories",
+    5: "error starting client-server protocol",
+    10: "error in socket I/O",
+    11: "error in file I/O",
+    12: "error in rsync protocol data stream",
+    13: "errors with program diagnostics",
+    14: "error in IPC code",
+    20: "received SIGUSR1 or SIGINT",
+    21: "some error returned by waitpid()",
+    22: "error allocating core memory buffers",
+    23: "partial transfer due to error",
+    24: "partial transfer due to vanished source files",
+    25: "the --max-delete limit stopped deletions",
+    30: "timeout in data send/receive",
+    35: "timeout waiting for daemon connection",
+}
+RSYNC_VANISHED = 24
+
+
+class BackupError(RuntimeError):
+    """A backup that cannot run or did not produce a good snapshot; the message says why and what to do."""
+
+
+class DestinationRefused(BackupError):
+    pass
+
+
+class RestoreError(RuntimeError):
+    """A restore that cannot run or was stopped before it replaced a file it could not trust."""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+# -- the destination ----------------------------------------------------------
+
+
+def check_destination(destination: Path, marker_file: str) -> str:
+    """Return why ``destination`` is trusted as the backup volume ("mount point" or
+    "marker file"), or raise DestinationRefused. Never fill the root disk because
+    the external drive was not mounted."""
+    destination = Path(destination)
+    marker = destination / marker_file
+    how_to = (
+        f"mount the backup volume at {destination}, or, if {destination} already is the backup volume "
+        f"(a directory on a separate disk), mark it once with: touch {marker}"
+    )
+    if not destination.is_dir():
+        raise DestinationRefused(f"backup destination {destination} does not exist: {how_to}")
+    if os.path.ismount(destination):
+        return "mount point"
+    if marker.is_file():
+        return "marker file"
+    raise DestinationRefused(
+        f"refusing to back up to {destination}: it is not a mount point and holds no marker file "
+        f"{marker_file} (an unmounted drive would fill the disk underneath): {how_to}"
+    )
+
+
+def _refuse_overlap(source: Path, destination: Path) -> None:
+    if source == destination or source in destination.parents or destination in source.parents:
+        raise DestinationRefused(f"backup destination {destination} and source {source} overlap: use a separate volume")
+
+
+def _snapshot_key(name: str) -> tuple[str, int]:
+    match = SNAPSHOT_RE.match(name)
+    assert match, name
+    return match.group(1), int(match.group(2) or 1)
+
+
+def list_snapshots(destination: Path) -> list[Path]:
+    """Verified snapshots, oldest first. Only a verified run renames its directory to a dated name."""
+    root = Path(destination) / SNAPSHOTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if SNAPSHOT_RE.match(p.name) and (p / MANIFEST_NAME).is_file()]
+    return sorted(found, key=lambda p: _snapshot_key(p.name))
+
+
+def _new_snapshot_name(root: Path, started: datetime, latest: Path | None) -> str:
+    base = started.strftime("%Y%m%dT%H%M%SZ")
+    seq = 1
+    if latest is not None:
+        latest_base, latest_seq = _snapshot_key(latest.name)
+        # Two runs in one second, or a clock that went back: still sort after the latest.
+        if (base, seq) <= (latest_base, latest_seq):
+            base, seq = latest_base, latest_seq + 1
+    while True:
+        name = base if seq == 1 else f"{base}-{seq}"
+        if not (root / name).exists():
+            return name
+        seq += 1
+
+
+def scrub_slice_of(path: str, slices: int) -> int:
+    """Which scrub slice a file belongs to: a hash of its path, so adding or removing
+    files never moves the others and every file is re-read once every ``slices`` runs."""
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") % slices
+
+
+@contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup is writing to {root} right now (it holds {root / LOCK_NAME})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- running rsync ------------------------------------------------------------
+
+
+@dataclass
+class RsyncResult:
+    exit_code: int
+    transferred: dict[str, int]  # relative path -> size, for regular files rsync wrote
+    stats: dict[str, int]
+    stderr: str
+    seconds: float
+    command: list[str]
+
+    @property
+    def meaning(self) -> str:
+        return RSYNC_EXIT_MEANINGS.get(self.exit_code, "unknown error")
+
+    @property
+    def out_of_space(self) -> bool:
+        return "No space left on device" in self.stderr or "(28)" in self.stderr
+
+
+_ITEMIZED_FILE = re.compile(r"^>f\S{9} (\d+) (.*)$")
+_PROGRESS2 = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)\s+(\S+)(?:\s+\(xfr#(\d+), (?:ir|to)-chk=(\d+)/(\d+)\))?")
+_STAT_LINE = re.compile(r"^(Number of [a-z ]+|Total [a-z ]+|Literal data|Matched data|File list size): ([\d,]+)")
+_ESCAPED = re.compile(r"\\#([0-7]{3})")
+
+
+def _unescape(name: str) -> str:
+    # rsync prints unprintable bytes in names as \#ooo.
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 8)), name)
+
+
+def run_rsync(
+    source: Path,
+    target: Path,
+    *,
+    link_dest: Path | None = None,
+    excludes: Iterable[str] = (),
+    log: Log = _quiet,
+    on_output: Callable[[str], None] | None = None,
+    progress_interval_s: float = PROGRESS_INTERVAL_S,
+) -> RsyncResult:
+    """Copy ``source/`` into ``target/``; stream rsync's output, logging progress every
+    ``progress_interval_s``; return the files it transferred and its ``--stats``.
+
+    No ``--checksum``: rsync compares size and mtime (the manifest and the scrub do
+    the reading), so an unchanged store costs one stat per file on each side.
+    ``--delete`` only ever touches ``target`` (the in-progress snapshot), where it
+    removes files a resumed run copied before they were deleted at the source.
+    """
+    if shutil.which("rsync") is None:
+        raise BackupError("rsync is not installed (Debian/Ubuntu: apt-get install rsync)")
+    command = [
+        "rsync",
+        "--archive",
+        "--numeric-ids",
+        "--delete",
+        f"--partial-dir={PARTIAL_DIR}",
+        "--out-format=%i %l %n",
+        "--info=progress2",
+        "--stats",
+    ]
+    if link_dest is not None:
+        command.append(f"--link-dest={link_dest}")
+    command += [f"--exclude={pattern}" for pattern in excludes]
+    # A manifest written into the store (`idp-ops manifest DIR`) is not part of it, as in scan():
+    # the snapshot holds exactly what its own manifest lists.
+    command += [f"--exclude=/{name}" for name in sorted(OWN_FILES)]
+    command += [f"{source}/", f"{target}/"]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr_chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    transferred: dict[str, int] = {}
+    stats: dict[str, int] = {}
+    last_progress: str | None = None
+    next_log = started + progress_interval_s
+    pending = b""
+
+    def handle(line: str) -> None:
+        nonlocal last_progress
+        if on_output is not None:
+            on_output(line)
+        if match := _ITEMIZED_FILE.match(line):
+            transferred[_unescape(match.group(2))] = int(match.group(1))
+        elif match := _PROGRESS2.match(line):
+            done, pct, rate, eta = match.group(1, 2, 3, 4)
+            last_progress = f"rsync: {_gb(int(done.replace(',', '')))} ({pct}%) at {rate}, eta {eta}, {len(transferred)} files so far"
+        elif match := _STAT_LINE.match(line):
+            key = match.group(1).lower().replace(" ", "_")
+            stats[key] = int(match.group(2).replace(",", ""))
+
+    fd = proc.stdout.fileno()
+    while chunk := os.read(fd, 65536):
+        # progress2 rewrites its line with \r; file names and stats end with \n.
+        parts = re.split(rb"[\r\n]", pending + chunk)
+        pending = parts.pop()
+        for raw in parts:
+            if raw.strip():
+                handle(os.fsdecode(raw))
+        now = time.monotonic()
+        if last_progress and now >= next_log:
+            log(last_progress)
+            next_log = now + progress_interval_s
+    if pending.strip():
+        handle(os.fsdecode(pending))
+    exit_code = proc.wait()
+    drain.join()
+    stderr = b"".join(stderr_chunks).decode("utf-8", "replace").strip()
+    return RsyncResult(exit_code, transferred, stats, stderr, time.monotonic() - started, command)
+
+
+# -- backup -------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    # Files written at the destination in this run, hashed there.
+    checked_files: int = 0
+    checked_bytes: int = 0
+    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    # Gone from the source during the run (rsync exit 24): dropped from the snapshot, not a failure.
+    vanished: list[str] = field(default_factory=list)
+    # Appeared on the source during the run: kept when source and copy agree.
+    added: list[str] = field(default_factory=list)
+    scrub_slice: int = 0
+    scrub_slices: int = 1
+    scrubbed_files: int = 0
+    scrubbed_bytes: int = 0
+    # Source differs from its manifest hash while its size and mtime did not move: bit rot.
+    source_corrupt: list[str] = field(default_factory=list)
+    # Backup copy differed from the manifest, source was good: a fresh copy went into this snapshot.
+    repaired: list[str] = field(default_factory=list)
+    files_expected: int = 0
+    files_in_snapshot: int = 0
+
+    @property
+    def count_ok(self) -> bool:
+        return self.files_expected == self.files_in_snapshot
+
+    @property
+    def ok(self) -> bool:
+        """The snapshot holds exactly the manifest's content (source rot does not make the copy bad)."""
+        return not self.mismatched and not self.missing and self.count_ok
+
+
+@dataclass
+class BackupReport:
+    source: str
+    destination: str
+    started_at: str
+    finished_at: str = ""
+    duration_s: float = 0.0
+    destination_kind: str | None = None
+    snapshot: str | None = None  # set only once a verified snapshot carries its dated name
+    previous: str | None = None
+    resumed: bool = False
+    status: str = "failed"  # ok | warning | failed
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+    files_total: int = 0
+    bytes_total: int = 0
+    rsync_exit: int | None = None
+    rsync_seconds: float = 0.0
+    rsync_stats: dict[str, int] = field(default_factory=dict)
+    files_transferred: int = 0
+    bytes_transferred: int = 0
+    verification: Verification | None = None
+    pruned: list[str] = field(default_factory=list)
+    manifest_stats: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def backup(
+    source: Path,
+    destination: Path,
+    manifest: Manifest,
+    *,
+    marker_file: str = ".idp-backup-volume",
+    keep_snapshots: int = 4,
+    scrub_runs: int = 8,
+    excludes: Iterable[str] = (),
+    workers: int = 0,
+    log: Log = _quiet,
+    on_rsync_output: Callable[[str], None] | None = None,
+    progress_interval_s: float = PROGRESS_INTERVAL_S,
+) -> BackupReport:
+    """Make one verified snapshot of ``source`` (described by ``manifest``) on ``destination``.
+
+    Never raises for a run that went wrong: the report's ``status`` is "failed" and
+    its ``message`` says what happened, what was kept and what to do, so every run,
+    refused ones included, can be recorded.
+    """
+    source = Path(source).resolve()
+    destination = Path(destination).resolve()
+    started = datetime.now(timezone.utc)
+    clock = time.monotonic()
+    report = BackupReport(
+        str(source), str(destination), started.isoformat(timespec="seconds"),
+        files_total=len(manifest.entries), bytes_total=manifest.total_bytes,
+    )
+    try:
+        report.destination_kind = check_destination(destination, marker_file)
+        _refuse_overlap(source, destination)
+        root = destination / SNAPSHOTS
+        root.mkdir(exist_ok=True)
+        with _exclusive(root):
+            _make_snapshot(
+                report, source, root, manifest, started,
+                keep_snapshots=keep_snapshots, scrub_runs=scrub_runs, excludes=list(excludes), workers=workers,
+                log=log, on_rsync_output=on_rsync_output, progress_interval_s=progress_interval_s,
+            )
+    except (BackupError, ManifestError) as exc:
+        report.status = "failed"
+        report.message = str(exc)
+    except OSError as exc:
+        report.status = "failed"
+        report.message = f"backup to {destination} failed: {exc}"
+    report.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.duration_s = round(time.monotonic() - clock, 3)
+    return report
+
+
+def _make_snapshot(
+    report: BackupReport,
+    source: Path,
+    root: Path,
+    manifest: Manifest,
+    started: datetime,
+    *,
+    keep_snapshots: int,
+    scrub_runs: int,
+    excludes: list[str],
+    workers: int,
+    log: Log,
+    on_rsync_output: Callable[[str], None] | None,
+    progress_interval_s: float,
+) -> None:
+    snapshots = list_snapshots(root.parent)
+    previous = snapshots[-1] if snapshots else None
+    report.previous = previous.name if previous else None
+    previous_manifest = None
+    if previous is not None:
+        try:
+            previous_manifest = load_manifest(previous / MANIFEST_NAME)
+        except ManifestError as exc:
+            report.warnings.append(f"previous snapshot's manifest is unreadable ({exc}); space estimate skipped")
+    work = root / IN_PROGRESS
+    report.resumed = work.is_dir()
+    if report.resumed:
+        log(f"resuming the incomplete snapshot {work} left by an earlier failed run")
+    work_data = work / DATA
+    _check_space(root, manifest, previous_manifest, work_data if report.resumed else None, previous)
+    work_data.mkdir(parents=True, exist_ok=True)
+
+    log(f"rsync {source}/ -> {work_data}/" + (f" (unchanged files hard-linked to {previous.name})" if previous else ""))
+    result = run_rsync(
+        source, work_data, link_dest=(previous / DATA) if previous else None, excludes=excludes,
+        log=log, on_output=on_rsync_output, progress_interval_s=progress_interval_s,
+    )
+    report.rsync_exit = result.exit_code
+    report.rsync_seconds = round(result.seconds, 3)
+    report.rsync_stats = result.stats
+    report.files_transferred = len(result.transferred)
+    report.bytes_transferred = sum(result.transferred.values())
+    log(f"rsync exit {result.exit_code}: {report.files_transferred} files, {_gb(report.bytes_transferred)} transferred in {result.seconds:.1f} s")
+    kept = f"the previous snapshot {previous.name} is untouched" if previous else "there is no earlier snapshot"
+    if result.exit_code not in (0, RSYNC_VANISHED):
+        tail = "\n".join(result.stderr.splitlines()[-12:]) or "(rsync printed nothing on stderr)"
+        if result.out_of_space:
+            # A full volume stays full: give the space back rather than keep a partial copy
+            # nobody can finish. (Other failures keep it, so the next run resumes.)
+            shutil.rmtree(work, ignore_errors=True)
+            raise BackupError(
+                f"the backup volume {root.parent} filled up during the transfer (rsync exit {result.exit_code}, "
+                f"{result.meaning}); the incomplete snapshot was removed to give the space back and {kept}. "
+                f"Free space on the volume (or lower backup.keep_snapshots) and run again.\nrsync said:\n{tail}"
+            )
+        raise BackupError(
+            f"rsync failed with exit {result.exit_code} ({result.meaning}); nothing was promoted and {kept}; "
+            f"the next run resumes the incomplete copy in {work}.\nrsync said:\n{tail}"
+        )
+    if result.exit_code == RSYNC_VANISHED:
+        report.warnings.append("rsync exit 24: files vanished from the source while it ran (they are left out of this snapshot)")
+
+    state = _read_scrub_state(root)
+    verification, added_entries = _verify(
+        source, work_data, manifest, result, previous, excludes=excludes,
+        scrub_slice=state["runs"] % scrub_runs, scrub_slices=scrub_runs, workers=workers, log=log,
+        progress_interval_s=progress_interval_s,
+    )
+    report.verification = verification
+    if not verification.ok:
+        # A bad copy with the source's size and mtime would be skipped by rsync next time:
+        # delete it so the next run copies it again.
+        for rel in verification.mismatched:
+            (work_data / rel).unlink(missing_ok=True)
+        raise BackupError(_verification_failure(verification, kept, work))
+
+    # The snapshot's own manifest: what it really holds, for verify and restore later.
+    snapshot_manifest = manifest.with_entries(
+        [e for p, e in manifest.entries.items() if p not in set(verification.vanished)] + added_entries
+    )
+    name = _new_snapshot_name(root, started, previous)
+    report.snapshot = name
+    report.status = "warning" if report.warnings or verification.repaired or verification.vanished else "ok"
+    if verification.source_corrupt:
+        report.status = "failed"
+    write_manifest(snapshot_manifest, work)
+    report.message = _summary(report)
+    atomic_write_json(work / REPORT_NAME, report.as_dict())
+    os.rename(work, root / name)
+    _fsync_dir(root)
+    log(f"snapshot {name} verified and in place")
+    atomic_write_json(root / SCRUB_STATE, {"runs": state["runs"] + 1, "last_slice": verification.scrub_slice, "slices": scrub_runs})
+
+    for old in list_snapshots(root.parent)[: -max(1, keep_snapshots)]:
+        try:
+            shutil.rmtree(old)
+            report.pruned.append(old.name)
+            log(f"pruned snapshot {old.name} (keeping the last {keep_snapshots})")
+        except OSError as exc:
+            report.warnings.append(f"could not prune {old.name}: {exc}")
+    report.message = _summary(report)
+
+
+def _check_space(root: Path, manifest: Manifest, previous: Manifest | None, resumed_data: Path | None, previous_dir: Path | None) -> None:
+    """Refuse before copying anything when the volume cannot hold the new and changed files.
+
+    A lower bound (file systems round up to blocks), so rsync can still run out:
+    that is handled too. But a 40 GB model that cannot fit fails here in a second
+    rather than after an hour of copying.
+    """
+    needed, files, largest = 0, 0, None
+    for entry in manifest.entries.values():
+        before = previous.entries.get(entry.path) if previous else None
+        if before and (before.size, before.mtime_ns) == (entry.size, entry.mtime_ns):
+            continue  # rsync hard-links it
+        if resumed_data is not None:
+            try:
+                st = os.stat(resumed_data / entry.path)
+                if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+                    continue  # already copied by the run being resumed
+            except OSError:
+                pass
+        needed += entry.size
+        files += 1
+        if largest is None or entry.size > largest.size:
+            largest = entry
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        kept = f"the previous snapshot {previous_dir.name} is untouched" if previous_dir else "nothing was written"
+        raise BackupError(
+            f"the backup volume {root.parent} has {_gb(free)} free but this snapshot needs at least {_gb(needed)} "
+            f"for {files} new or changed file(s) (largest: {largest.path}, {_gb(largest.size)}); nothing was copied "
+            f"and {kept}. Free space on the volume (or lower backup.keep_snapshots) or use a larger one."
+        )
+
+
+def _read_scrub_state(root: Path) -> dict:
+    try:
+        state = json.loads((root / SCRUB_STATE).read_text())
+        return {"runs": int(state["runs"])}
+    except FileNotFoundError:
+        return {"runs": 0}
+    except (OSError, ValueError, KeyError, TypeError):
+        # A damaged counter only shifts the rotation; start it again rather than stop backups.
+        return {"runs": 0}
+
+
+def _verify(
+    source: Path,
+    work_data: Path,
+    manifest: Manifest,
+    result: RsyncResult,
+    previous: Path | None,
+    *,
+    excludes: list[str],
+    scrub_slice: int,
+    scrub_slices: int,
+    workers: int,
+    log: Log,
+    progress_interval_s: float,
+) -> tuple[Verification, list[Entry]]:
+    """Check the copy in ``work_data``; also return manifest entries for files that
+    appeared on the source during the run and were copied intact."""
+    v = Verification(scrub_slice=scrub_slice, scrub_slices=scrub_slices)
+    held = {f.path: f for f in scan(work_data, excludes)}
+    linked = {f.path: f.inode for f in scan(previous / DATA, excludes)} if previous else {}
+    expected: dict[str, Entry] = {}
+    for rel, entry in manifest.entries.items():
+        copy = held.get(rel)
+        if copy is None:
+            if os.path.lexists(source / rel):
+                v.missing.append(rel)
+                expected[rel] = entry
+            else:
+                v.vanished.append(rel)
+            continue
+        expected[rel] = entry
+        if copy.size != entry.size:
+            v.mismatched.append(rel)
+            v.reasons[rel] = f"size {copy.size} in the backup, manifest says {entry.size}"
+    v.added = sorted(rel for rel in held if rel not in manifest.entries)
+    bad = set(v.mismatched) | set(v.missing)
+    # Written in this run: everything rsync transferred, and anything that is not a hard
+    # link into the previous snapshot (a resumed run's earlier copies: rsync skips those).
+    written = sorted(
+        rel for rel in expected
+        if rel not in bad and (rel in result.transferred or linked.get(rel) != held[rel].inode)
+    )
+    scrub = sorted(rel for rel in expected if rel not in bad and scrub_slice_of(rel, scrub_slices) == scrub_slice)
+    dest_paths = sorted(set(written) | set(scrub) | set(v.added))
+    log(
+        f"verifying: {len(written)} files written this run, scrub slice {scrub_slice + 1}/{scrub_slices} "
+        f"({len(scrub)} files) on both sides, {len(v.added)} files new during the run"
+    )
+
+    def progress(p) -> None:
+        log(p.describe())
+
+    # Backup copies are hashed with drop_cache: they are never needed in memory again.
+    at_dest = hash_files(
+        work_data, [(rel, held[rel].size) for rel in dest_paths], workers=workers,
+        progress=progress, progress_interval_s=progress_interval_s, drop_cache=True,
+    )
+    at_source = hash_files(
+        source, [(rel, held[rel].size) for rel in sorted(set(scrub) | set(v.added))], workers=workers,
+        progress=progress, progress_interval_s=progress_interval_s,
+    )
+    dest_sha = {rel: sha for rel, (sha, _) in at_dest.hashes.items()}
+    for rel, why in at_dest.errors.items():
+        v.mismatched.append(rel)
+        v.reasons[rel] = f"backup copy {why}"
+    for rel in at_dest.vanished:
+        v.missing.append(rel)
+
+    for rel in written:
+        if rel in dest_sha:
+            v.checked_files += 1
+            v.checked_bytes += held[rel].size
+            if dest_sha[rel] != expected[rel].sha256:
+                v.mismatched.append(rel)
+                v.reasons[rel] = "sha256 of the copy differs from the manifest"
+
+    for rel in v.added[:]:
+        src = at_source.hashes.get(rel)
+        if src is None or dest_sha.get(rel) != src[0]:
+            v.added.remove(rel)
+            v.mismatched.append(rel)
+            v.reasons[rel] = "appeared on the source during the backup and its copy does not match it"
+
+    written_set = set(written)
+    for rel in scrub:
+        good = expected[rel].sha256
+        src = at_source.hashes.get(rel)
+        if src is None:
+            if rel in at_source.errors:
+                v.source_corrupt.append(rel)
+                v.reasons[rel] = f"source {at_source.errors[rel]}"
+            continue  # vanished from the source since the copy: nothing to compare
+        v.scrubbed_files += 1
+        v.scrubbed_bytes += expected[rel].size
+        src_sha, src_stat = src
+        if src_sha != good:
+            if (src_stat.st_size, src_stat.st_mtime_ns) == (expected[rel].size, expected[rel].mtime_ns):
+                v.source_corrupt.append(rel)
+                v.reasons[rel] = "source content differs from its manifest hash with size and mtime unchanged (bit rot)"
+            else:
+                log(f"{rel} changed on the source during the run; the next run backs up the new version")
+        if rel in written_set or rel not in dest_sha or dest_sha[rel] == good:
+            continue
+        if src_sha == good and _copy_verified(source / rel, work_data / rel, good):
+            v.repaired.append(rel)
+            v.reasons[rel] = "backup copy differed from the manifest (bit rot); replaced in this snapshot by a verified copy"
+        else:
+            v.mismatched.append(rel)
+            v.reasons[rel] = "backup copy differs from the manifest and the source cannot replace it"
+
+    v.files_expected = len(expected) + len(v.added)
+    v.files_in_snapshot = len(held)
+    for listed in (v.missing, v.vanished, v.source_corrupt, v.repaired):
+        listed.sort()
+    v.mismatched = sorted(set(v.mismatched))
+    added_entries = [
+        Entry(rel, st.st_size, st.st_mtime_ns, sha) for rel in v.added for sha, st in [at_dest.hashes[rel]]
+    ]
+    return v, added_entries
+
+
+def _verification_failure(v: Verification, kept: str, work: Path) -> str:
+    lines = [f"verification failed, so the snapshot was not promoted and {kept}:"]
+    lines += [f"  MISMATCH {rel}: {v.reasons.get(rel, '')}" for rel in v.mismatched]
+    lines += [f"  MISSING  {rel}: in the manifest and on the source, not in the backup" for rel in v.missing]
+    if not v.count_ok:
+        lines.append(f"  COUNT    {v.files_in_snapshot} files in the backup, {v.files_expected} expected")
+    lines.append(f"Bad copies were deleted from {work}; the next run copies them again.")
+    return "\n".join(lines)
+
+
+def _summary(report: BackupReport) -> str:
+    v = report.verification
+    parts = [
+        f"snapshot {report.snapshot}: {report.files_transferred} files ({_gb(report.bytes_transferred)}) transferred "
+        f"of {report.files_total} ({_gb(report.bytes_total)})"
+    ]
+    if v:
+        parts.append(
+            f"{v.checked_files} written files verified, scrub slice {v.scrub_slice + 1}/{v.scrub_slices}: "
+            f"{v.scrubbed_files} files ({_gb(v.scrubbed_bytes)}) re-read on both sides, "
+            f"count {v.files_in_snapshot}/{v.files_expected}"
+        )
+        if v.source_corrupt:
+            parts.append(
+                "SOURCE CORRUPT (bit rot on the model store; the snapshot holds the good copy, restore with "
+                "`idp-ops restore PATH`): " + ", ".join(v.source_corrupt)
+            )
+        if v.repaired:
+            parts.append(
+                "rotten backup copies replaced in this snapshot (older snapshots share the damaged copy): "
+                + ", ".join(v.repaired)
+            )
+        if v.vanished:
+            parts.append("vanished during the run: " + ", ".join(v.vanished))
+    if report.pruned:
+        parts.append("pruned " + ", ".join(report.pruned))
+    parts += report.warnings
+    return "; ".join(parts)
+
+
+def _copy_verified(src: Path, dst: Path, sha256: str) -> bool:
+    """Copy ``src`` over ``dst`` atomically, hashing the bytes as they are copied; the
+    copy replaces ``dst`` only if it hashes to ``sha256``.
+
+    The temp name ends in .tmp, which the backup excludes, so a copy caught half-way
+    by a backup is never taken for a model.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.idp-copy-{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    buf = bytearray(BLOCK_SIZE)
+    view = memoryview(buf)
+    try:
+        with open(src, "rb", buffering=0) as reader, open(tmp, "wb", buffering=0) as writer:
+            while n := reader.readinto(buf):
+                digest.update(view[:n])
+                writer.write(view[:n])
+            writer.flush()
+            os.fsync(writer.fileno())
+            st = os.fstat(reader.fileno())
+        if digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            return False
+        shutil.copystat(src, tmp)
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+        return True
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- restore ------------------------------------------------------------------
+
+
+@dataclass
+class RestoreReport:
+    snapshot: str
+    target: str
+    path: str | None
+    restored: list[str]
+    unchanged: list[str]
+    bytes_restored: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_snapshot(destination: Path, name: str | None) -> Path:
+    snapshots = list_snapshots(destination)
+    if not snapshots:
+        raise RestoreError(f"no verified snapshots in {Path(destination) / SNAPSHOTS} (is the backup volume mounted?)")
+    if not name:
+        return snapshots[-1]
+    for snap in snapshots:
+        if snap.name == name:
+            return snap
+    raise RestoreError(f"no snapshot named {name!r}; available: {', '.join(s.name for s in snapshots)}")
+
+
+def restore(
+    destination: Path,
+    target_root: Path,
+    *,
+    snapshot: str | None = None,
+    path: str | None = None,
+    workers: int = 0,
+    log: Log = _quiet,
+) -> RestoreReport:
+    """Copy one file or directory (``path``, relative to the store) or the whole store
+    back from a snapshot (default: the latest).
+
+    Every snapshot copy to be restored is hashed against that snapshot's manifest
+    before anything is replaced; a single bad copy stops the restore with nothing
+    touched. Each file is then copied to a temp name, hashed again while copying,
+    and renamed over its target. Files already identical are left alone, and files
+    the snapshot does not hold are never deleted.
+    """
+    started = time.monotonic()
+    destination = Path(destination).resolve()
+    target_root = Path(target_root).resolve()
+    snap = resolve_snapshot(destination, snapshot)
+    try:
+        manifest = load_manifest(snap / MANIFEST_NAME)
+    except ManifestError as exc:
+        raise RestoreError(f"snapshot {snap.name} cannot be used: {exc}") from None
+    selected = _select(manifest, path, target_root, snap.name)
+    data = snap / DATA
+
+    # Targets that already hold the right bytes need no copy.
+    same_size = []
+    for entry in selected:
+        try:
+            st = os.stat(target_root / entry.path)
+        except OSError:
+            continue
+        if st.st_size == entry.size:
+            same_size.append(entry)
+    current = check_entries(target_root, same_size, workers=workers)
+    differing = set(current.mismatched) | set(current.missing)
+    unchanged = sorted(e.path for e in same_size if e.path not in differing)
+    to_restore = [e for e in selected if e.path not in set(unchanged)]
+
+    log(f"checking {len(to_restore)} file(s) in snapshot {snap.name} against its manifest before replacing anything")
+    checked = check_entries(data, to_restore, workers=workers, drop_cache=True,
+                            progress=lambda p: log(p.describe()))
+    if not checked.ok:
+        problems = [f"  MISMATCH {rel}: {checked.reasons.get(rel, '')}" for rel in checked.mismatched]
+        problems += [f"  MISSING  {rel}" for rel in checked.missing]
+        others = [s.name for s in list_snapshots(destination) if s.name != snap.name]
+        raise RestoreError(
+            f"snapshot {snap.name} does not hold good copies of {len(problems)} file(s); nothing was replaced:\n"
+            + "\n".join(problems)
+            + (f"\nTry an older snapshot (--snapshot NAME): {', '.join(others)}" if others else "")
+        )
+
+    restored, restored_bytes = [], 0
+    for entry in to_restore:
+        target = target_root / entry.path
+        if target.is_dir() and not target.is_symlink():
+            raise RestoreError(f"{target} is a directory where the snapshot has a file; restored so far: {restored}")
+        if not _copy_verified(data / entry.path, target, entry.sha256):
+            raise RestoreError(
+                f"{entry.path} in snapshot {snap.name} changed while it was being restored; it was not replaced. "
+                f"Restored so far: {restored}"
+            )
+        restored.append(entry.path)
+        restored_bytes += entry.size
+        log(f"restored {entry.path} ({_gb(entry.size)})")
+    return RestoreReport(snap.name, str(target_root), path, restored, unchanged, restored_bytes, round(time.monotonic() - started, 3))
+
+
+def _select(manifest: Manifest, path: str | None, target_root: Path, snapshot: str) -> list[Entry]:
+    if not path:
+        return list(manifest.entries.values())
+    given = Path(path)
+    if given.is_absolute():
+        try:
+            given = given.relative_to(target_root)
+        except ValueError:
+            raise RestoreError(f"{path} is not inside the model store {target_root}") from None
+    rel = PurePosixPath(given.as_posix())
+    if ".." in rel.parts:
+        raise RestoreError(f"{path}: a path inside the model store may not contain '..'")
+    wanted = str(rel).strip("/")
+    if wanted in ("", "."):
+        return list(manifest.entries.values())
+    selected = [e for p, e in manifest.entries.items() if p == wanted or p.startswith(wanted + "/")]
+    if not selected:
+        raise RestoreError(f"snapshot {snapshot} holds no file or directory {wanted!r}")
+    return selected
+
+
+# -- settings-level entry points (the asset and the CLI share them) -----------
+
+
+def manifest_dir(settings: Settings) -> Path:
+    """Where the model store's current manifest.json and SHA256SUMS live (outside the store)."""
+    return settings.data_dir / "manifest"
+
+
+def backup_store(
+    settings: Settings,
+    *,
+    run_id: str | None = None,
+    log: Log = _quiet,
+    on_rsync_output: Callable[[str], None] | None = None,
+) -> BackupReport:
+    """The weekly run: refresh the manifest (incremental: near free when nothing changed),
+    snapshot, verify, prune, and record the run in history whatever its outcome."""
+    cfg = settings.backup
+    source = settings.models_dir
+    try:
+        built = build_manifest(
+            source, cache_file=settings.history_file, excludes=cfg.excludes, workers=cfg.hash_workers,
+            progress=lambda p: log(p.describe()),
+        )
+        write_manifest(built.manifest, manifest_dir(settings))
+        log(
+            f"manifest: {built.stats.files} files, {built.stats.hashed_files} hashed, "
+            f"{built.stats.reused_files} unchanged (cached) in {built.stats.seconds:.2f} s"
+        )
+    except ManifestError as exc:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        report = BackupReport(str(source), str(cfg.destination), now, finished_at=now, message=f"manifest failed: {exc}")
+    else:
+        report = backup(
+            source, cfg.destination, built.manifest, marker_file=cfg.marker_file, keep_snapshots=cfg.keep_snapshots,
+            scrub_runs=cfg.scrub_runs, excludes=cfg.excludes, workers=cfg.hash_workers, log=log,
+            on_rsync_output=on_rsync_output,
+        )
+        report.manifest_stats = built.stats.as_dict()
+    record_backup_run(settings.history_file, report, run_id or uuid.uuid4().hex)
+    return report
+
+
+def record_backup_run(history_file: Path, report: BackupReport, run_id: str) -> None:
+    from idp_ops.core import history
+
+    v = report.verification or Verification()
+    with history.connect(history_file) as con:
+        con.execute(
+            """INSERT OR REPLACE INTO backup_runs VALUES (
+                ?, ?::TIMESTAMPTZ, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                run_id,
+                report.started_at,
+                report.finished_at or report.started_at,
+                report.source,
+                report.destination,
+                report.snapshot,
+                report.status,
+                report.message,
+                report.rsync_exit,
+                report.files_total,
+                report.bytes_total,
+                report.files_transferred,
+                report.bytes_transferred,
+                report.duration_s,
+                v.checked_files,
+                v.checked_bytes,
+                v.scrub_slice if report.verification else None,
+                v.scrub_slices if report.verification else None,
+                v.scrubbed_files,
+                v.scrubbed_bytes,
+                v.mismatched,
+                v.missing,
+                v.source_corrupt,
+                v.repaired,
+                v.vanished,
+                report.pruned,
+                report.ok,
+            ],
+        )

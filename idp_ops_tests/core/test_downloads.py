@@ -1,0 +1,306 @@
+"""Model downloads against a real HTTP server in the test: Range, drops, stalls, bad hashes."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import socket
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from idp_ops.config import ModelDownload
+from idp_ops.core.downloads import download_model, download_models, partial_path
+
+MB = 1 << 20
+
+
+@dataclass
+class ServerState:
+    files: dict[str, bytes] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # path -> bytes to send before dropping the connection / stalling (first request only).
+    drop_after: dict[str, int] = field(default_factory=dict)
+    stall_after: dict[str, int] = field(default_factory=dict)
+    status: dict[str, int] = field(default_factory=dict)  # path -> forced status, every request
+    ignore_range: bool = False
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """A static file server that honours `Range: bytes=N-` and can misbehave on cue."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802
+        state: ServerState = self.server.state
+        state.requests.append((self.path, dict(self.headers)))
+        if self.path in state.redirects:
+            self.send_response(302)
+            self.send_header("Location", state.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path in state.status:
+            self.send_error(state.status[self.path])
+            return
+        body = state.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match and not state.ignore_range:
+            start = int(match.group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        payload = body[start:]
+        drop = state.drop_after.pop(self.path, None)
+        stall = state.stall_after.pop(self.path, None)
+        if drop is not None:
+            self.wfile.write(payload[:drop])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # the link goes away mid-body
+            self.close_connection = True
+            return
+        if stall is not None:
+            self.wfile.write(payload[:stall])
+            self.wfile.flush()
+            time.sleep(3)  # longer than the client's read timeout
+            self.close_connection = True
+            return
+        for offset in range(0, len(payload), 256 * 1024):
+            self.wfile.write(payload[offset : offset + 256 * 1024])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    httpd.daemon_threads = True
+    httpd.state = ServerState()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def spec_for(server, body: bytes, *, name="tiny", target="tiny/model.gguf", path="/model.gguf", sha256=None) -> ModelDownload:
+    server.state.files[path] = body
+    return ModelDownload(
+        name=name, url=server.base + path, sha256=sha256 or hashlib.sha256(body).hexdigest(), target=target
+    )
+
+
+FAST = {"backoff_s": 0.0, "progress_interval_s": 0.0, "timeout_s": 5.0}
+
+
+def test_dropped_connection_resumes_with_range_and_the_file_is_byte_identical(server, tmp_path):
+    body = os.urandom(3 * MB + 123)
+    spec = spec_for(server, body)
+    server.state.drop_after["/model.gguf"] = MB
+    updates, lines = [], []
+    result = download_model(spec, tmp_path, progress=updates.append, log=lines.append, chunk_size=64 * 1024, **FAST)
+
+    assert result.status == "downloaded", result.message
+    target = tmp_path / "tiny" / "model.gguf"
+    assert target.read_bytes() == body
+    assert result.sha256 == spec.sha256 and result.size == len(body) and result.attempts == 2
+    assert len(server.state.requests) == 2
+    assert "Range" not in server.state.requests[0][1]
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", server.state.requests[1][1]["Range"]).group(1))
+    assert 0 < resumed_at <= MB
+    assert result.bytes_downloaded == len(body), "each byte fetched once"
+    assert not partial_path(target).exists()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o444
+    # Progress: bytes, total and percent, ending at 100 %.
+    assert updates[-1].done == len(body) and updates[-1].percent == pytest.approx(100.0)
+    assert all(u.total == len(body) for u in updates if u.done > resumed_at)
+    assert "%" in updates[-1].describe() and "/s" in updates[-1].describe()
+    assert any("resuming at byte" in line for line in lines)
+
+
+def test_a_partial_from_an_earlier_run_is_hashed_then_resumed(server, tmp_path):
+    body = os.urandom(2 * MB)
+    spec = spec_for(server, body)
+    part = partial_path(tmp_path / spec.target)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[: MB + 7])
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "downloaded", result.message
+    assert result.resumed_from == MB + 7 and result.bytes_downloaded == len(body) - MB - 7
+    assert server.state.requests[0][1]["Range"] == f"bytes={MB + 7}-"
+    assert (tmp_path / spec.target).read_bytes() == body
+
+
+def test_sha256_mismatch_keeps_nothing_and_names_both_hashes(server, tmp_path):
+    body = os.urandom(MB)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    spec = spec_for(server, body, sha256=wrong)
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "failed"
+    assert f"expected {wrong}" in result.message and f"got {hashlib.sha256(body).hexdigest()}" in result.message
+    assert "deleted" in result.message
+    target = tmp_path / spec.target
+    assert not target.exists() and not partial_path(target).exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_corrupt_partial_is_caught_by_the_hash_and_removed(server, tmp_path):
+    body = os.urandom(MB)
+    spec = spec_for(server, body)
+    part = partial_path(tmp_path / spec.target)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1000)  # not the first 1000 bytes of the model
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "failed" and "resumed from an earlier partial" in result.message
+    assert not part.exists() and not (tmp_path / spec.target).exists()
+    # The next run starts clean and succeeds.
+    assert download_model(spec, tmp_path, **FAST).status == "downloaded"
+
+
+def test_present_and_correct_file_is_skipped_without_any_request(server, tmp_path):
+    body = os.urandom(MB)
+    spec = spec_for(server, body)
+    target = tmp_path / spec.target
+    target.parent.mkdir(parents=True)
+    target.write_bytes(body)
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "skipped" and "sha256 verified" in result.message
+    assert server.state.requests == []
+
+
+def test_present_file_with_the_wrong_hash_is_reported_and_left_untouched(server, tmp_path):
+    spec = spec_for(server, os.urandom(MB))
+    target = tmp_path / spec.target
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"the operator's own file")
+    before = target.stat()
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "failed"
+    assert "left untouched" in result.message and f"expected {spec.sha256}" in result.message
+    assert target.read_bytes() == b"the operator's own file" and target.stat().st_mtime_ns == before.st_mtime_ns
+    assert server.state.requests == [] and not partial_path(target).exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    body = os.urandom(MB)
+    spec = spec_for(server, body)
+    server.state.ignore_range = True
+    part = partial_path(tmp_path / spec.target)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[:5000])
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "downloaded" and (tmp_path / spec.target).read_bytes() == body
+
+
+def test_complete_partial_answered_416_is_verified_and_renamed(server, tmp_path):
+    body = os.urandom(MB)
+    spec = spec_for(server, body)
+    part = partial_path(tmp_path / spec.target)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body)  # an earlier run died between the last byte and the rename
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "downloaded" and result.bytes_downloaded == 0
+    assert (tmp_path / spec.target).read_bytes() == body and not part.exists()
+
+
+def test_stalled_transfer_times_out_and_resumes(server, tmp_path):
+    body = os.urandom(2 * MB)
+    spec = spec_for(server, body)
+    server.state.stall_after["/model.gguf"] = MB // 2
+    result = download_model(spec, tmp_path, **{**FAST, "timeout_s": 0.5})
+    assert result.status == "downloaded", result.message
+    assert result.attempts == 2 and (tmp_path / spec.target).read_bytes() == body
+
+
+def test_redirects_are_followed(server, tmp_path):
+    body = os.urandom(1000)
+    spec = spec_for(server, body, path="/cdn/blob")
+    server.state.redirects["/org/repo/resolve/main/model.gguf"] = "/cdn/blob"
+    spec = ModelDownload(name="hf-like", url=server.base + "/org/repo/resolve/main/model.gguf", sha256=spec.sha256, target="m.gguf")
+    assert download_model(spec, tmp_path, **FAST).status == "downloaded"
+
+
+def test_404_fails_at_once_and_503_gives_up_after_bounded_attempts(server, tmp_path):
+    missing = ModelDownload(name="gone", url=server.base + "/nope", sha256="0" * 64, target="gone.gguf")
+    result = download_model(missing, tmp_path, **FAST)
+    assert result.status == "failed" and result.attempts == 1 and "HTTP 404" in result.message
+    assert not partial_path(tmp_path / "gone.gguf").exists()
+
+    server.state.status["/busy"] = 503
+    busy = ModelDownload(name="busy", url=server.base + "/busy", sha256="0" * 64, target="busy.gguf")
+    result = download_model(busy, tmp_path, max_attempts=3, **FAST)
+    assert result.status == "failed" and result.attempts == 3
+    assert "gave up after 3 attempts (HTTP 503" in result.message
+
+
+def test_unreachable_server_fails_cleanly(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once closed
+    spec = ModelDownload(name="down", url=f"http://127.0.0.1:{port}/m", sha256="0" * 64, target="m.gguf")
+    result = download_model(spec, tmp_path, max_attempts=2, **FAST)
+    assert result.status == "failed" and "ConnectError" in result.message and result.attempts == 2
+    assert list(tmp_path.iterdir()) == [], "no empty partial left behind"
+
+
+def test_a_second_concurrent_download_of_the_same_file_refuses(server, tmp_path):
+    spec = spec_for(server, os.urandom(1000))
+    part = partial_path(tmp_path / spec.target)
+    part.parent.mkdir(parents=True)
+    with part.open("ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "failed" and "in progress" in result.message
+    assert server.state.requests == []
+
+
+def test_download_models_reports_each_and_one_failure_does_not_stop_the_rest(server, tmp_path):
+    good = spec_for(server, os.urandom(1000), name="good", target="good.gguf", path="/good")
+    bad = spec_for(server, os.urandom(1000), name="bad", target="bad.gguf", path="/bad", sha256="f" * 64)
+    results = download_models([bad, good], tmp_path, **FAST)
+    assert [(r.name, r.status) for r in results] == [("bad", "failed"), ("good", "downloaded")]
+    assert (tmp_path / "good.gguf").exists() and not (tmp_path / "bad.gguf").exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MB filesystem (we are root in CI): a models dir that cannot hold the download."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_download_that_cannot_fit_fails_before_writing_and_leaves_nothing(server, small_tmpfs):
+    spec = spec_for(server, os.urandom(3 * MB))
+    result = download_model(spec, small_tmpfs, **FAST)
+    assert result.status == "failed" and result.attempts == 1
+    assert re.search(r"needs 3\.15 MB more but .* has [\d.]+ (KB|MB) free", result.message), result.message
+    assert not (small_tmpfs / spec.target).exists() and not partial_path(small_tmpfs / spec.target).exists()

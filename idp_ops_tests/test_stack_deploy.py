@@ -5,7 +5,7 @@ import subprocess
 
 import httpx
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterInstance
+from dagster import DagsterInstance
 
 from idp_ops.config import load_settings
 from idp_ops.core.secrets import read_key

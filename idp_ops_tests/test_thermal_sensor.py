@@ -6,7 +6,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 
 from idp_ops.config import load_settings

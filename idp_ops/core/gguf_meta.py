@@ -760,7 +760,14 @@ def scan_models(root: Path) -> list[ModelFile]:
         for name in sorted(filenames):
             kind = None if name.startswith(".") else classify(name)
             if kind:
-                rows.append(_READERS[kind](Path(dirpath) / name, root))
+                path = Path(dirpath) / name
+                try:
+                    rows.append(_READERS[kind](path, root))
+                except Exception as exc:  # a reader bug must cost one row, not the inventory
+                    rows.append(
+                        ModelFile(path=str(path), root=str(root), kind=kind, size=0,
+                                  finding=f"unreadable: unexpected {type(exc).__name__}: {exc}")  # fmt: skip
+                    )
     for error in walk_errors:
         if error.filename and Path(error.filename) == root:
             raise ModelScanError(f"cannot read models dir {root}: {error.strerror}")

@@ -315,33 +315,32 @@ def hash_files(
             # where concurrent.futures.wait() over 100k pending futures is not.
             pool.submit(work, rel).add_done_callback(results.put)
         for _ in range(len(todo)):
-            while True:
-                now = time.monotonic()
+            future = None
+            while future is None:
                 try:
-                    future = results.get(timeout=max(0.05, min(next_report, next_flush) - now))
-                    break
+                    future = results.get(timeout=max(0.05, min(next_report, next_flush) - time.monotonic()))
                 except queue.Empty:
                     pass
                 now = time.monotonic()
+                if future is not None:
+                    rel, sha, st, problem = future.result()
+                    if sha is not None:
+                        outcome.hashes[rel] = (sha, st)
+                        outcome.bytes_hashed += st.st_size
+                        batch[rel] = (sha, st)
+                    elif problem == "vanished":
+                        outcome.vanished.append(rel)
+                    else:
+                        outcome.errors[rel] = problem
                 if progress and now >= next_report:
                     done_files = len(outcome.hashes) + len(outcome.vanished) + len(outcome.errors)
                     progress(HashProgress(done_files, len(todo), min(live[0], bytes_total), bytes_total, now - started))
                     reported = True
                     next_report = now + progress_interval_s
-                if on_batch and now >= next_flush:
-                    if batch:
-                        on_batch(batch)
-                        batch = {}
+                if on_batch and batch and now >= next_flush:
+                    on_batch(batch)
+                    batch = {}
                     next_flush = now + batch_interval_s
-            rel, sha, st, problem = future.result()
-            if sha is not None:
-                outcome.hashes[rel] = (sha, st)
-                outcome.bytes_hashed += st.st_size
-                batch[rel] = (sha, st)
-            elif problem == "vanished":
-                outcome.vanished.append(rel)
-            else:
-                outcome.errors[rel] = problem
     outcome.seconds = time.monotonic() - started
     if on_batch and batch:
         on_batch(batch)

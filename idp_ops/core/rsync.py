@@ -268,6 +268,11 @@ def run_rsync(
         "rsync",
         "--archive",
         "--numeric-ids",
+        # Compare mtimes to the nanosecond, as the manifest cache does: by default rsync
+        # compares whole seconds and would hard-link a same-size file rewritten within
+        # the second to its stale copy. (A volume that can hold --link-dest hard links
+        # is a POSIX file system, which keeps nanoseconds.)
+        "--modify-window=-1",
         "--delete",
         f"--partial-dir={PARTIAL_DIR}",
         "--out-format=%i %l %n",

@@ -1,0 +1,48 @@
+"""With dagster-daemon running, a replayed overheat stops the GPU-role container on its own."""
+
+import time
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from idp_ops.config import load_settings
+from idp_ops.core.stack import compose_project, read_latch
+from idp_ops_tests.thermal_e2e import contain_through_daemon, deploy_fresh, replay_settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.model]
+
+
+def test_daemon_sensor_contains_a_replayed_overheat_and_deploy_rearms(tmp_path, llama_image, demo_models_dir):
+    config = replay_settings(tmp_path, demo_models_dir, llama_image, "idp-ops-e2e-thermal", rows_per_tick=10)
+    settings = load_settings(config)
+    dagster = None
+    try:
+        deploy_fresh(settings)
+        timing, dagster = contain_through_daemon(tmp_path, config)
+        print(f"\ndetection -> container stopped: {timing.latency_s:.1f} s")
+        # target from the issue: within one sensor interval + 15 s
+        assert timing.latency_s <= settings.thermal.sensor_interval_s + 15
+
+        # The containment run is in the instance, launched by the sensor, tagged with the episode.
+        deadline = time.monotonic() + 60
+        with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+            while True:
+                runs = instance.get_runs(RunsFilter(job_name="containment_job"))
+                if runs and runs[0].status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE):
+                    break
+                assert time.monotonic() < deadline, f"containment run not finished: {[r.status for r in runs]}"
+                time.sleep(1)
+            assert len(runs) == 1 and runs[0].status == DagsterRunStatus.SUCCESS
+            assert runs[0].tags["idp_ops/episode"] == timing.contain_alert["episode"]
+            assert runs[0].tags.get("dagster/sensor_name") == "thermal_sensor"
+        assert read_latch(settings)["reading"]["temperature_c"] >= 55
+        dagster.stop()
+        dagster = None
+
+        deploy_fresh(settings)  # re-arms
+        assert read_latch(settings) is None
+        assert {s.service for s in compose_project(settings).ps() if s.running} == {"openai-standin", "llamacpp-cpu"}
+    finally:
+        if dagster is not None:
+            dagster.stop()
+        compose_project(settings).down()

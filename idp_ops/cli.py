@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Domain command modules: each has register(subparsers, common_parent) and
 # ERRORS, the exception types it raises for "cannot run" (exit 2).
-DOMAIN_COMMAND_MODULES: list[str] = ["idp_ops.cli_models", "idp_ops.cli_thermal", "idp_ops.cli_backup"]
+DOMAIN_COMMAND_MODULES: list[str] = ["idp_ops.cli_models", "idp_ops.cli_thermal", "idp_ops.cli_backup", "idp_ops.cli_physics"]
 
 
 def _domain_modules():
@@ -207,4 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m idp_ops.cli`, this file is __main__; domain modules import
+    # idp_ops.cli, so call that module's main to keep one set of exception classes.
+    from idp_ops.cli import main as package_main
+
+    sys.exit(package_main())

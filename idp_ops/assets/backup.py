@@ -99,7 +99,7 @@ def model_backup(context: AssetExecutionContext, settings: SettingsResource):
     cfg = settings.load()
     # backup_store refreshes the manifest itself (near free after model_manifest: all
     # cache hits) so the snapshot is checked against the store as it is now.
-    report = backup_store(cfg, run_id=context.run_id, log=context.log.info)
+    report = backup_store(cfg, run_id=context.run.run_id, log=context.log.info)
     for warning in report.warnings:
         context.log.warning(warning)
     metadata = _backup_metadata(report)

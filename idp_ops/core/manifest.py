@@ -309,7 +309,8 @@ def hash_files(
     next_report = started + progress_interval_s
     next_flush = started + batch_interval_s
     reported = False
-    with ThreadPoolExecutor(max_workers=min(default_workers(workers), len(todo)), thread_name_prefix="sha256") as pool:
+    pool = ThreadPoolExecutor(max_workers=min(default_workers(workers), len(todo)), thread_name_prefix="sha256")
+    try:
         for rel, _ in todo:
             # A done-callback feeding a queue: waiting on the queue is O(1) per file,
             # where concurrent.futures.wait() over 100k pending futures is not.
@@ -341,6 +342,17 @@ def hash_files(
                     on_batch(batch)
                     batch = {}
                     next_flush = now + batch_interval_s
+    except BaseException:
+        # Interrupted: files not started yet are dropped instead of hashed to the end,
+        # and what did finish is still handed over (to the cache: not hashed again).
+        pool.shutdown(wait=True, cancel_futures=True)
+        if on_batch and batch:
+            try:
+                on_batch(batch)
+            except Exception:
+                pass  # the interruption is the error worth reporting
+        raise
+    pool.shutdown(wait=True)
     outcome.seconds = time.monotonic() - started
     if on_batch and batch:
         on_batch(batch)

@@ -311,19 +311,30 @@ def run_rsync(
             stats[key] = int(match.group(2).replace(",", ""))
 
     fd = proc.stdout.fileno()
-    while chunk := os.read(fd, 65536):
-        # progress2 rewrites its line with \r; file names and stats end with \n.
-        parts = re.split(rb"[\r\n]", pending + chunk)
-        pending = parts.pop()
-        for raw in parts:
-            if raw.strip():
-                handle(os.fsdecode(raw))
-        now = time.monotonic()
-        if last_progress and now >= next_log:
-            log(last_progress)
-            next_log = now + progress_interval_s
-    if pending.strip():
-        handle(os.fsdecode(pending))
+    try:
+        while chunk := os.read(fd, 65536):
+            # progress2 rewrites its line with \r; file names and stats end with \n.
+            parts = re.split(rb"[\r\n]", pending + chunk)
+            pending = parts.pop()
+            for raw in parts:
+                if raw.strip():
+                    handle(os.fsdecode(raw))
+            now = time.monotonic()
+            if last_progress and now >= next_log:
+                log(last_progress)
+                next_log = now + progress_interval_s
+        if pending.strip():
+            handle(os.fsdecode(pending))
+    except BaseException:
+        # Interrupted (run terminated, Ctrl-C, a failing callback): rsync must not go on
+        # writing into the snapshot after the lock is released.
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     exit_code = proc.wait()
     drain.join()
     stderr = b"".join(stderr_chunks).decode("utf-8", "replace").strip()

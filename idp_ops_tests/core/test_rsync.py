@@ -268,7 +268,7 @@ def test_a_file_vanishing_mid_run_is_the_exit_24_warning(store, dest):
     # (at the start of its transfer, which takes a while) z_gone is deleted, after rsync
     # listed it and before it opens it: "file has vanished", exit 24.
     with open(store / "a_big.bin", "wb") as handle:
-        handle.truncate(256 * 1024 * 1024)  # sparse: instant to make, but rsync still moves 256 MB
+        handle.truncate(128 * 1024 * 1024)  # sparse: instant to make, but rsync still moves 128 MB
     (store / "z_gone.bin").write_bytes(b"here at manifest time")
 
     def on_output(line: str) -> None:

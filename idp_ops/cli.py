@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Domain command modules: each has register(subparsers, common_parent) and
 # ERRORS, the exception types it raises for "cannot run" (exit 2).
-DOMAIN_COMMAND_MODULES: list[str] = ["idp_ops.cli_models", "idp_ops.cli_thermal", "idp_ops.cli_backup", "idp_ops.cli_physics"]
+DOMAIN_COMMAND_MODULES: list[str] = ["idp_ops.cli_models", "idp_ops.cli_thermal", "idp_ops.cli_backup", "idp_ops.cli_physics", "idp_ops.cli_bench"]
 
 
 def _domain_modules():

@@ -57,6 +57,12 @@ class Endpoint(_Strict):
     model: str = "default"
     gpu: bool = False
     acceptance: AcceptanceCriteria = AcceptanceCriteria()
+    # For the physics ceiling: the file it serves (relative to models_dir), or the
+    # bytes of weights read per token when no file is at hand; and, on a CPU, the
+    # threads it decodes with (None: all cores).
+    model_file: str | None = None
+    weights_gb: float | None = Field(None, gt=0)
+    cpu_threads: int | None = Field(None, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -141,6 +147,31 @@ class ModelDownload(_Strict):
         return f"https://huggingface.co/{self.hf_repo}/resolve/{self.hf_revision}/{self.hf_file}"
 
 
+class RoiSettings(_Strict):
+    """Inputs of the ROI report; defaults are the plan's own figures."""
+
+    hardware_usd: dict[str, float] = {
+        "RTX 5070 Ti 16GB": 800.0,
+        "Ryzen 9 9900X + X870": 800.0,
+        "128GB DDR5-6400": 400.0,
+        "Samsung 990 Pro 2TB": 200.0,
+        "Case/PSU/Cooling": 300.0,
+    }
+    amortisation_years: float = Field(3.0, gt=0)
+    electricity_usd_per_kwh: float = Field(0.12, ge=0)
+    # Used where history has no measured energy: the plan's duty cycle.
+    peak_watts: float = Field(470.0, ge=0)
+    idle_watts: float = Field(100.0, ge=0)
+    peak_hours_per_day: float = Field(8.0, ge=0, le=24)
+    days_per_month: float = Field(30.0, gt=0)
+    cloud_usd_per_hour: dict[str, float] = {
+        "RunPod RTX 4090": 0.39,
+        "Lambda Labs RTX 4090": 0.37,
+        "AWS g5.xlarge (A10G)": 1.10,
+    }
+    cloud_hours_per_month: float = Field(800.0, ge=0)
+
+
 class HardwareProfile(_Strict):
     name: str
     gpu_name: str | None = None
@@ -178,6 +209,8 @@ def _default_endpoints(profile: ProfileName) -> list[Endpoint]:
                 model="gemma-3-270m",
                 # Plays the GPU server's role: containment stops it.
                 gpu=True,
+                model_file=DEMO_MODEL_FILE,
+                cpu_threads=1,
             ),
             Endpoint(
                 name="llamacpp-cpu",
@@ -186,6 +219,8 @@ def _default_endpoints(profile: ProfileName) -> list[Endpoint]:
                 compose_service="llamacpp-cpu",
                 key_name="llamacpp_api_key",
                 model="gemma-3-270m",
+                model_file=DEMO_MODEL_FILE,
+                cpu_threads=1,
             ),
         ]
     production = [
@@ -197,6 +232,7 @@ def _default_endpoints(profile: ProfileName) -> list[Endpoint]:
             key_name="vllm_api_key",
             model="llama-3.1-8b",
             gpu=True,
+            weights_gb=8.0,
             # The plan's corrected table; single stream ceiling is ~89.6 tok/s on a 5070 Ti.
             acceptance=AcceptanceCriteria(
                 ttft_p50_ms=100, ttft_p95_ms=200, decode_tok_s_min=60, gpu_utilization_min_pct=75
@@ -209,6 +245,8 @@ def _default_endpoints(profile: ProfileName) -> list[Endpoint]:
             compose_service="llamacpp-cpu",
             key_name="llamacpp_api_key",
             model="llama-3.2-3b",
+            weights_gb=2.0,
+            cpu_threads=10,
             # > 100 tok/s for one stream is above the ~40 tok/s DDR5 ceiling: not a criterion.
             acceptance=AcceptanceCriteria(ttft_p50_ms=50),
         ),
@@ -223,6 +261,7 @@ def _default_endpoints(profile: ProfileName) -> list[Endpoint]:
                 key_name="llamacpp_70b_api_key",
                 model="llama-3.3-70b",
                 gpu=True,
+                model_file="llama-3.3-70b-q4/llama-3.3-70b-Q4_K_M.gguf",
             )
         )
     return production
@@ -273,6 +312,7 @@ class Settings(BaseSettings):
 
     thermal: ThermalThresholds = ThermalThresholds()
     backup: BackupSettings = BackupSettings()
+    roi: RoiSettings = RoiSettings()
     model_downloads: list[ModelDownload] = []
     hardware_profile: str | HardwareProfile | None = None
 

@@ -107,6 +107,29 @@ class ThermalThresholds(_Strict):
         return self
 
 
+class ValidationSettings(_Strict):
+    """How the nightly validation measures (the criteria themselves live on each endpoint)."""
+
+    warmups: int = Field(2, ge=0)
+    ttft_requests: int = Field(20, ge=1)
+    ttft_max_tokens: int = Field(16, ge=1)
+    decode_tokens: int = Field(200, ge=2)
+    decode_requests: int = Field(3, ge=1)
+    sweep: list[int] = [1, 8, 32]
+    sweep_tokens: int = Field(64, ge=2)
+    sweep_rounds: int = Field(2, ge=1)
+    poisson_rate: float | None = Field(None, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    ready_timeout_s: float = Field(60.0, gt=0)
+    load_users: int = Field(10, ge=1)
+    load_spawn_rate: float = Field(2.0, gt=0)
+    load_run_time_s: float = Field(600.0, gt=0)
+    # Multiplies the plan's think times (1-5 s, 0.5-2 s) between a user's requests.
+    load_wait_scale: float = Field(1.0, ge=0)
+    # GPU utilization is sampled through NVML while the benchmark runs.
+    gpu_sample_interval_s: float = Field(1.0, gt=0)
+
+
 class BackupSettings(_Strict):
     # The backup volume; default: backups_dir. Refused unless it is a mount point
     # or holds the marker file written when the volume was set up.
@@ -311,6 +334,7 @@ class Settings(BaseSettings):
     gpu_services: list[str] | None = None
 
     thermal: ThermalThresholds = ThermalThresholds()
+    validation: ValidationSettings = ValidationSettings()
     backup: BackupSettings = BackupSettings()
     roi: RoiSettings = RoiSettings()
     model_downloads: list[ModelDownload] = []

@@ -2,13 +2,13 @@
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from idp_ops.assets import backup, models, stack, thermal
+from idp_ops.assets import backup, models, physics, reports, stack, thermal, validation
 from idp_ops.jobs import jobs
 from idp_ops.resources import SettingsResource, StackResource
 from idp_ops.schedules import schedules
 from idp_ops.sensors import sensors
 
-ASSET_MODULES = [stack, models, backup, thermal]
+ASSET_MODULES = [stack, validation, models, backup, thermal, physics, reports]
 
 settings_resource = SettingsResource()
 

@@ -79,4 +79,32 @@ thermal_ingest_job = define_asset_job(
 )
 
 
-jobs = [deploy_job, containment_job, weekly_backup_job, restore_job, thermal_ingest_job]
+reports_job = define_asset_job(
+    "reports_job",
+    selection=AssetSelection.groups("physics", "reports"),
+    description="Measure memory bandwidth, recompute the throughput ceilings, the performance/thermal trends and the "
+    "ROI report (plots in the UI, report.html in the data dir).",
+    executor_def=in_process_executor,
+)
+
+
+nightly_validation_job = define_asset_job(
+    "nightly_validation_job",
+    selection=AssetSelection.groups("validation"),
+    description="Benchmark every endpoint (TTFT, ITL, decode tok/s, concurrency sweep) and load-test it with Locust; "
+    "judge the acceptance criteria with the physics ceilings beside them. Validates whatever stack is up; "
+    "it does not deploy.",
+    executor_def=in_process_executor,
+    tags=STACK_EXCLUSIVE_TAG,
+)
+
+
+jobs = [
+    deploy_job,
+    containment_job,
+    nightly_validation_job,
+    weekly_backup_job,
+    restore_job,
+    thermal_ingest_job,
+    reports_job,
+]

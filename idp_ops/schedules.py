@@ -1,11 +1,11 @@
 """Schedules: what runs unattended, and when."""
 
-import os
 from datetime import timedelta
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
 
-from idp_ops.jobs import thermal_ingest_job, weekly_backup_job
+from idp_ops.config import SettingsError, load_settings
+from idp_ops.jobs import nightly_validation_job, reports_job, thermal_ingest_job, weekly_backup_job
 
 
 @schedule(
@@ -24,9 +24,30 @@ def thermal_ingest_schedule(context: ScheduleEvaluationContext):
         yield RunRequest(run_key=f"thermal-{key}-{now:%H%M}", partition_key=key)
 
 
-# Settings are loaded per run, not at import, so the schedule's timezone comes from
-# the same variable the settings read (IDP_TIMEZONE), defaulting like them to UTC.
-SCHEDULE_TIMEZONE = os.environ.get("IDP_TIMEZONE", "UTC")
+
+
+def _configured_timezone() -> str:
+    # Read once at import: Dagster needs the timezone when it loads the location.
+    # Invalid settings surface in the runs, with the field's name.
+    try:
+        return load_settings().timezone
+    except SettingsError:
+        return "UTC"
+
+
+SCHEDULE_TIMEZONE = _configured_timezone()
+
+
+@schedule(
+    job=nightly_validation_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone=SCHEDULE_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Nightly at 02:00 (configured timezone): validate whatever stack is up against its criteria.",
+)
+def nightly_validation_schedule(context: ScheduleEvaluationContext):
+    night = context.scheduled_execution_time.date().isoformat()
+    return RunRequest(run_key=f"night-{night}", partition_key=night)
 
 weekly_backup_schedule = ScheduleDefinition(
     name="weekly_backup_schedule",
@@ -37,4 +58,14 @@ weekly_backup_schedule = ScheduleDefinition(
     description="Weekly verified snapshot of the model store.",
 )
 
-schedules: list = [weekly_backup_schedule, thermal_ingest_schedule]
+# After the night's validation and backups, before anyone looks: the day starts with fresh figures.
+reports_schedule = ScheduleDefinition(
+    name="reports_schedule",
+    job=reports_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone=SCHEDULE_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Daily: bandwidth, ceilings, performance/thermal trends and ROI.",
+)
+
+schedules: list = [nightly_validation_schedule, weekly_backup_schedule, thermal_ingest_schedule, reports_schedule]

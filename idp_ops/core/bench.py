@@ -501,7 +501,6 @@ async def stream_request(
 async def wait_ready(client: httpx.AsyncClient, url: str, ready_timeout_s: float, progress: Progress) -> float:
     """Poll ``/health`` with backoff; 502/503/504 and refused connections mean "not ready yet".
 
-    A server without ``/health`` (404) counts as ready: the warm-ups will tell.
     """
     start = time.monotonic()
     delay = 0.2
@@ -510,7 +509,9 @@ async def wait_ready(client: httpx.AsyncClient, url: str, ready_timeout_s: float
     while True:
         try:
             response = await client.get(f"{url}/health", timeout=min(10.0, max(ready_timeout_s, 1.0)))
-            if response.status_code in (200, 404):
+            # 404: no /health route; 401/403: a proxy guards it too. Either way the server
+            # answers: the warm-up requests tell whether completions work and the key is right.
+            if response.status_code in (200, 401, 403, 404):
                 return time.monotonic() - start
             last = f"HTTP {response.status_code}"
             if response.status_code not in NOT_READY_STATUSES:

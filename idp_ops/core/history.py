@@ -154,6 +154,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # a root replaces that root's rows. Byte columns feed the physics ceilings:
             # tensor_bytes is what one decode step streams (less most of token_embd
             # when output.weight is separate), layer_bytes what offloading one layer moves.
+            # Memory bandwidth of this host (the memory_bandwidth asset): one row per device
+            # and thread count per measurement. source: "measured" (probe) or "datasheet"
+            # (no probe possible, e.g. no CUDA library: the profile's figure, kept for the record).
+            """CREATE TABLE bandwidth_measurements (
+                measured_at TIMESTAMPTZ NOT NULL,
+                host VARCHAR,
+                device VARCHAR NOT NULL,
+                threads INTEGER NOT NULL,
+                read_gbs DOUBLE,
+                copy_gbs DOUBLE,
+                source VARCHAR,
+                PRIMARY KEY (measured_at, device, threads)
+            )""",
             """CREATE TABLE model_files (
                 path VARCHAR PRIMARY KEY,
                 root VARCHAR NOT NULL,

@@ -81,6 +81,8 @@ class LoadTestResult:
     ok: bool
     stderr_tail: str
     csv_prefix: str
+    # The locust command line (holds no key: the key file's path travels in the environment).
+    command: list[str] = field(default_factory=list)
     response_time_note: str = RESPONSE_TIME_NOTE
     problems: list[str] = field(default_factory=list)
 
@@ -118,13 +120,15 @@ def run_locust(
     csv_dir: str | Path,
     timeout_s: float | None = None,
     wait_scale: float = 1.0,
-    stop_timeout_s: float = 0,
+    stop_timeout_s: float | None = None,
 ) -> LoadTestResult:
     """One headless Locust run against ``url`` with the plan's user mix for ``protocol``.
 
-    ``timeout_s`` caps each request's timeout (default: the plan's per-task 15–120 s);
-    the subprocess itself is killed after ``run_time_s + stop_timeout_s`` plus a grace
-    period. ``wait_scale`` multiplies the plan's think times (1.0 = the plan's). A run
+    ``timeout_s`` caps each request's timeout (default: the plan's per-task 15–120 s).
+    At the end of ``run_time_s`` users finish the request they are in for up to
+    ``stop_timeout_s`` (default: ``timeout_s``, at most 30 s), so a short run still counts
+    its last requests instead of killing them unrecorded; the subprocess itself is killed
+    after ``run_time_s + stop_timeout_s`` plus a grace period. ``wait_scale`` multiplies the plan's think times (1.0 = the plan's). A run
     where Locust reports failures still returns a result (``ok`` False); a run that
     produced no stats raises :class:`LoadTestError`.
     """
@@ -141,6 +145,8 @@ def run_locust(
     for old in csv_dir.glob(f"{prefix.name}_*.csv"):
         old.unlink()
     user_class = USER_CLASSES[protocol]
+    if stop_timeout_s is None:
+        stop_timeout_s = min(timeout_s or 30.0, 30.0)
     run_time = max(1, round(run_time_s))
     command = [
         *locust_command(),
@@ -235,6 +241,7 @@ def run_locust(
         ok=not problems,
         stderr_tail=stderr_tail,
         csv_prefix=str(prefix),
+        command=command,
         problems=problems,
     )
 

@@ -648,11 +648,10 @@ def _verify(
         rel for rel in expected
         if rel not in bad and (rel in result.transferred or linked.get(rel) != held[rel].inode)
     )
-    scrub = sorted(rel for rel in expected if rel not in bad and scrub_slice_of(rel, scrub_slices) == scrub_slice)
-    dest_paths = sorted(set(written) | set(scrub) | set(v.added))
+    scrub = scrub_ranges([e for rel, e in expected.items() if rel not in bad], scrub_slice, scrub_slices)
     log(
-        f"verifying: {len(written)} files written this run, scrub slice {scrub_slice + 1}/{scrub_slices} "
-        f"({len(scrub)} files) on both sides, {len(v.added)} files new during the run"
+        f"verifying: {len(written)} files written this run, {len(v.added)} new during the run; scrub slice "
+        f"{scrub_slice + 1}/{scrub_slices}: {_gb(sum(r.length for r in scrub))} of {len({r.path for r in scrub})} files"
     )
 
     def progress(p) -> None:
@@ -660,13 +659,10 @@ def _verify(
 
     # Backup copies are hashed with drop_cache: they are never needed in memory again.
     at_dest = hash_files(
-        work_data, [(rel, held[rel].size) for rel in dest_paths], workers=workers,
+        work_data, [(rel, held[rel].size) for rel in sorted(set(written) | set(v.added))], workers=workers,
         progress=progress, progress_interval_s=progress_interval_s, drop_cache=True,
     )
-    at_source = hash_files(
-        source, [(rel, held[rel].size) for rel in sorted(set(scrub) | set(v.added))], workers=workers,
-        progress=progress, progress_interval_s=progress_interval_s,
-    )
+    at_source = hash_files(source, [(rel, held[rel].size) for rel in v.added], workers=workers)
     dest_sha = {rel: sha for rel, (sha, _) in at_dest.hashes.items()}
     for rel, why in at_dest.errors.items():
         v.mismatched.append(rel)
@@ -689,32 +685,7 @@ def _verify(
             v.mismatched.append(rel)
             v.reasons[rel] = "appeared on the source during the backup and its copy does not match it"
 
-    written_set = set(written)
-    for rel in scrub:
-        good = expected[rel].sha256
-        src = at_source.hashes.get(rel)
-        if src is None:
-            if rel in at_source.errors:
-                v.source_corrupt.append(rel)
-                v.reasons[rel] = f"source {at_source.errors[rel]}"
-            continue  # vanished from the source since the copy: nothing to compare
-        v.scrubbed_files += 1
-        v.scrubbed_bytes += expected[rel].size
-        src_sha, src_stat = src
-        if src_sha != good:
-            if (src_stat.st_size, src_stat.st_mtime_ns) == (expected[rel].size, expected[rel].mtime_ns):
-                v.source_corrupt.append(rel)
-                v.reasons[rel] = "source content differs from its manifest hash with size and mtime unchanged (bit rot)"
-            else:
-                log(f"{rel} changed on the source during the run; the next run backs up the new version")
-        if rel in written_set or rel not in dest_sha or dest_sha[rel] == good:
-            continue
-        if src_sha == good and _copy_verified(source / rel, work_data / rel, good):
-            v.repaired.append(rel)
-            v.reasons[rel] = "backup copy differed from the manifest (bit rot); replaced in this snapshot by a verified copy"
-        else:
-            v.mismatched.append(rel)
-            v.reasons[rel] = "backup copy differs from the manifest and the source cannot replace it"
+    _scrub(source, work_data, expected, scrub, v, dest_sha=dest_sha, written=set(written), workers=workers, log=log)
 
     v.files_expected = len(expected) + len(v.added)
     v.files_in_snapshot = len(held)
@@ -725,6 +696,138 @@ def _verify(
         Entry(rel, st.st_size, st.st_mtime_ns, sha) for rel in v.added for sha, st in [at_dest.hashes[rel]]
     ]
     return v, added_entries
+
+
+# -- the scrub ----------------------------------------------------------------
+
+# Files at least this big are scrubbed a 1/N byte range per run (every run reads the
+# same share of the store, however few and big the files); smaller ones whole, in the
+# run their path hashes to.
+SCRUB_SPLIT_BYTES = 64 * 1024 * 1024
+# Ranges are compared in pieces of at most this size, so one big file uses every thread.
+SCRUB_TASK_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScrubRange:
+    path: str
+    offset: int
+    length: int
+
+
+def scrub_ranges(entries: Iterable[Entry], slice_index: int, slices: int) -> list[ScrubRange]:
+    """What run ``slice_index`` of every ``slices`` re-reads: over ``slices`` consecutive
+    runs every byte of every file exactly once. Stable when files come and go."""
+    ranges = []
+    for entry in entries:
+        if entry.size >= SCRUB_SPLIT_BYTES:
+            start = entry.size * slice_index // slices
+            end = entry.size * (slice_index + 1) // slices
+            if end > start:
+                ranges.append(ScrubRange(entry.path, start, end - start))
+        elif scrub_slice_of(entry.path, slices) == slice_index:
+            ranges.append(ScrubRange(entry.path, 0, entry.size))
+    return ranges
+
+
+def _ranges_equal(a: Path, b: Path, offset: int, length: int) -> bool:
+    """Byte-compare the same range of two files. Memory speed (~14 GB/s measured here
+    against 1.6 GB/s for sha256): the scrub only hashes when the copies disagree."""
+    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
+        for handle in (fa, fb):
+            os.posix_fadvise(handle.fileno(), offset, length, os.POSIX_FADV_SEQUENTIAL)
+        fa.seek(offset)
+        fb.seek(offset)
+        try:
+            remaining = length
+            while remaining > 0:
+                n = min(BLOCK_SIZE, remaining)
+                x, y = fa.read(n), fb.read(n)
+                if x != y or len(x) != n:
+                    return False
+                remaining -= n
+            return True
+        finally:
+            # The backup copy's pages are never needed again (see hash_file).
+            os.posix_fadvise(fb.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def _scrub(
+    source: Path,
+    work_data: Path,
+    expected: dict[str, Entry],
+    ranges: list[ScrubRange],
+    v: Verification,
+    *,
+    dest_sha: dict[str, str],
+    written: set[str],
+    workers: int,
+    log: Log,
+) -> None:
+    """Compare this run's slice between the store and the backup; where they differ,
+    hash both whole files to tell which side matches the manifest."""
+    tasks = [
+        (r.path, offset, min(SCRUB_TASK_BYTES, r.offset + r.length - offset))
+        for r in ranges
+        for offset in range(r.offset, r.offset + max(r.length, 1), SCRUB_TASK_BYTES)
+    ]
+
+    def compare(task: tuple[str, int, int]) -> tuple[str, str | None]:
+        rel, offset, length = task
+        try:
+            return rel, None if _ranges_equal(source / rel, work_data / rel, offset, length) else "differ"
+        except FileNotFoundError as exc:
+            return rel, "source gone" if not os.path.lexists(source / rel) else f"cannot read: {exc.strerror}"
+        except OSError as exc:
+            return rel, f"cannot read: {exc.strerror or exc}"
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from idp_ops.core.manifest import default_workers
+
+    outcome: dict[str, str] = {}
+    if tasks:
+        with ThreadPoolExecutor(max_workers=min(default_workers(workers), len(tasks)), thread_name_prefix="scrub") as pool:
+            for rel, problem in pool.map(compare, tasks):
+                if problem and rel not in outcome:
+                    outcome[rel] = problem
+    gone = {rel for rel, problem in outcome.items() if problem == "source gone"}
+    v.scrubbed_files = len({r.path for r in ranges} - gone)
+    v.scrubbed_bytes = sum(r.length for r in ranges if r.path not in gone)
+    for rel, problem in outcome.items():
+        if problem.startswith("cannot read"):
+            v.source_corrupt.append(rel)
+            v.reasons[rel] = f"scrub {problem}"
+    suspects = sorted(rel for rel, problem in outcome.items() if problem == "differ")
+    if not suspects:
+        return
+    log(f"scrub: {len(suspects)} file(s) differ between the store and the backup; hashing both to tell which is right")
+    sizes = [(rel, expected[rel].size) for rel in suspects]
+    at_source = hash_files(source, sizes, workers=workers)
+    at_dest = hash_files(work_data, [s for s in sizes if s[0] not in dest_sha], workers=workers, drop_cache=True)
+    for rel in suspects:
+        good = expected[rel].sha256
+        if rel not in at_source.hashes:
+            if rel in at_source.errors:
+                v.source_corrupt.append(rel)
+                v.reasons[rel] = f"source {at_source.errors[rel]}"
+            continue  # gone from the source since: nothing to judge
+        src_sha, src_stat = at_source.hashes[rel]
+        if src_sha != good:
+            if (src_stat.st_size, src_stat.st_mtime_ns) == (expected[rel].size, expected[rel].mtime_ns):
+                v.source_corrupt.append(rel)
+                v.reasons[rel] = "source content differs from its manifest hash with size and mtime unchanged (bit rot)"
+            else:
+                log(f"{rel} changed on the source during the run; the next run backs up the new version")
+        copy_sha = dest_sha.get(rel) or (at_dest.hashes[rel][0] if rel in at_dest.hashes else None)
+        if rel in written or copy_sha == good:
+            continue  # written copies were judged against the manifest already
+        if copy_sha is not None and src_sha == good and _copy_verified(source / rel, work_data / rel, good):
+            v.repaired.append(rel)
+            v.reasons[rel] = "backup copy differed from the manifest (bit rot); replaced in this snapshot by a verified copy"
+        else:
+            v.mismatched.append(rel)
+            v.reasons[rel] = "backup copy differs from the manifest and the source cannot replace it"
 
 
 def _verification_failure(v: Verification, kept: str, work: Path) -> str:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from idp_ops.core import history
-from idp_ops.core.manifest import MANIFEST_NAME, build_manifest, load_manifest, verify
+from idp_ops.core.manifest import MANIFEST_NAME, Entry, build_manifest, load_manifest, verify
 from idp_ops.core.rsync import (
     DATA,
     IN_PROGRESS,
+    SCRUB_SPLIT_BYTES,
     LOCK_NAME,
     SNAPSHOTS,
     RestoreError,
@@ -25,6 +26,7 @@ from idp_ops.core.rsync import (
     list_snapshots,
     record_backup_run,
     restore,
+    scrub_ranges,
     scrub_slice_of,
 )
 
@@ -191,6 +193,21 @@ def test_bit_rot_on_the_source_with_unchanged_mtime_is_caught_by_the_scrub(store
     assert second.snapshot is not None and verify_snapshot(dest, second.snapshot).ok
 
 
+def test_the_scrub_finds_rot_inside_a_big_file_in_the_run_whose_slice_holds_it(store, dest):
+    big = store / "big.gguf"
+    with open(big, "wb") as handle:
+        handle.truncate(SCRUB_SPLIT_BYTES + 4 * 1024 * 1024)  # split into 4 byte ranges, one per run
+    run_backup(store, dest, scrub_runs=4)  # slice 1/4
+    flip_bit(big, big.stat().st_size * 5 // 8)  # inside slice 3/4
+
+    second = run_backup(store, dest, scrub_runs=4)  # slice 2/4: not there
+    assert second.verification.scrub_slice == 1 and second.verification.source_corrupt == []
+    third = run_backup(store, dest, scrub_runs=4)  # slice 3/4
+    assert third.verification.scrub_slice == 2
+    assert third.verification.source_corrupt == ["big.gguf"] and third.status == "failed"
+    assert verify_snapshot(dest, third.snapshot).ok  # the backup still holds the good bytes
+
+
 def test_a_copy_that_does_not_match_the_manifest_is_not_promoted_and_the_next_run_resumes(store, dest):
     first = run_backup(store, dest)
     manifest = build_manifest(store, excludes=EXCLUDES).manifest
@@ -296,20 +313,36 @@ def test_retention_keeps_the_last_k_verified_snapshots(store, dest):
     assert [s.name for s in list_snapshots(dest)] == names[1:]
 
 
-def test_scrub_rotation_rereads_every_file_exactly_once_every_n_runs(store, dest):
-    paths = [f"models/m{i}/part-{j}.gguf" for i in range(50) for j in range(4)]
-    slices = [scrub_slice_of(p, 8) for p in paths]
-    assert set(slices) == set(range(8))
-    assert max(slices.count(s) for s in range(8)) < 2.5 * len(paths) / 8  # roughly even
+def test_scrub_slices_cover_every_byte_exactly_once_per_rotation_and_weigh_the_same():
+    gib = 1024**3
+    entries = [Entry(f"big/part-{i}.gguf", 40 * gib + i, 0, "0" * 64) for i in range(3)]
+    entries += [Entry(f"small/{i}.json", 1000 + i, 0, "0" * 64) for i in range(400)]
+    covered: dict[str, list[tuple[int, int]]] = {}
+    per_run = []
+    for run in range(8):
+        ranges = scrub_ranges(entries, run, 8)
+        per_run.append(sum(r.length for r in ranges if r.path.startswith("big/")))
+        for r in ranges:
+            covered.setdefault(r.path, []).append((r.offset, r.offset + r.length))
+    for entry in entries:
+        spans = sorted(covered[entry.path])
+        assert spans[0][0] == 0 and spans[-1][1] == entry.size
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no gap, no overlap
+    # Big files: every run reads the same share, whatever the number of files.
+    assert max(per_run) - min(per_run) <= 3
+    # Small files go whole, by a stable hash of their path, spread over the runs.
+    small_slices = [scrub_slice_of(e.path, 8) for e in entries if e.path.startswith("small/")]
+    assert set(small_slices) == set(range(8)) and max(small_slices.count(s) for s in range(8)) < 100
     assert scrub_slice_of("a/b.gguf", 8) == scrub_slice_of("a/b.gguf", 8)
 
-    scrubbed = []
+
+def test_a_full_rotation_of_backups_scrubs_every_file(store, dest):
+    scrubbed = 0
     for _ in range(4):
         report = run_backup(store, dest, scrub_runs=4)
-        v = report.verification
-        scrubbed += [p for p in load_manifest(snapshot_dir(dest, report.snapshot) / MANIFEST_NAME).entries
-                     if scrub_slice_of(p, 4) == v.scrub_slice]
-    assert [r for r in sorted(scrubbed)] == sorted(load_manifest(snapshot_dir(dest, report.snapshot) / MANIFEST_NAME).entries)
+        assert report.status == "ok", report.message
+        scrubbed += report.verification.scrubbed_files
+    assert scrubbed == 5
 
 
 def test_backup_runs_are_recorded_in_duckdb(store, dest, tmp_path):

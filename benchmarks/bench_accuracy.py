@@ -1,0 +1,378 @@
+"""How far the streaming benchmark client (idp_ops.core.bench) can be trusted, in one run.
+
+Against a real llama-server (the CPU stack: Gemma 3 270M on both protocols):
+  decode ratio   our single-stream decode tok/s ÷ the server's own timings.predicted_per_second,
+                 per request (target 0.95–1.05)
+  TTFT overhead  our TTFT − the server's timings.prompt_ms: everything that is not prompt
+                 processing (client, HTTP, server queueing/sampling), p50 target ≤ 5 ms
+
+Against a trivial local SSE server in another process, which streams every request's tokens
+at a fixed interval (so any deviation is the client's or the loop's doing):
+  client floor   TTFT at concurrency 1 when the server answers at once (client+HTTP alone)
+  capacity       for growing concurrency: our process's CPU time ÷ wall time, the ITL we
+                 measure against the interval the server keeps, and the server's own CPU;
+                 the largest concurrency (before the first level that misses) at which our
+                 client's CPU stays below 80 % of a core, its ITL p50 within ±10 % of the
+                 server's interval and its ITL p95 within 1.5× of it: the stream's pacing is
+                 the server's, not the client's (a client that falls behind reads events in
+                 bunches: ITL p50 collapses towards 0 and the tail grows).
+
+Usage:
+  python benchmarks/bench_accuracy.py                       # deploys a private CPU stack, tears it down
+  python benchmarks/bench_accuracy.py --url http://127.0.0.1:18001 --protocol llamacpp --key-file K
+  options: --decode-runs N --decode-tokens N --ttft-runs N --levels 1,8,32,... --interval-ms 20 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from idp_ops.core.bench import (  # noqa: E402
+    make_prompt,
+    percentiles,
+    stream_request,
+    wait_ready,
+)
+
+CPU_LIMIT = 0.80  # a client above this share of one core is competing with what it measures
+ITL_TOLERANCE = 0.10
+ITL_P95_FACTOR = 1.5
+
+
+# -- part A: against llama-server ---------------------------------------------
+
+
+async def _sequential(url, protocol, model, key, runs, max_tokens, scenario):
+    samples = []
+    nonce = os.urandom(4).hex()
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        await wait_ready(client, url, 60, lambda _l: None)
+        # one discarded warm-up
+        await stream_request(client, url, protocol, model, key, make_prompt(nonce, 10_000), 8, scenario="warmup")
+        for i in range(runs):
+            samples.append(
+                await stream_request(client, url, protocol, model, key, make_prompt(nonce, i), max_tokens, index=i, scenario=scenario)
+            )
+    bad = [s for s in samples if not s.ok]
+    if bad:
+        raise SystemExit(f"{scenario}: {len(bad)} requests failed: {bad[0].error}: {bad[0].error_detail}")
+    return samples
+
+
+def accuracy(url, protocol, model, key, *, decode_runs, decode_tokens, ttft_runs) -> dict:
+    decode = asyncio.run(_sequential(url, protocol, model, key, decode_runs, decode_tokens, "decode"))
+    ratios = [s.decode_tok_s / s.server_decode_tok_s for s in decode if s.decode_tok_s and s.server_decode_tok_s]
+    short = asyncio.run(_sequential(url, protocol, model, key, ttft_runs, 8, "ttft"))
+    overhead = [s.ttft_ms - s.server_prompt_ms for s in short if s.server_prompt_ms is not None]
+    return {
+        "url": url,
+        "protocol": protocol,
+        "decode_tokens": decode_tokens,
+        "decode_runs": len(decode),
+        "ours_tok_s": [round(s.decode_tok_s, 2) for s in decode],
+        "server_tok_s": [round(s.server_decode_tok_s, 2) for s in decode if s.server_decode_tok_s],
+        "decode_ratio": {
+            "median": round(statistics.median(ratios), 4) if ratios else None,
+            "min": round(min(ratios), 4) if ratios else None,
+            "max": round(max(ratios), 4) if ratios else None,
+        },
+        "ttft_runs": len(short),
+        "ttft_ms": percentiles(s.ttft_ms for s in short),
+        "server_prompt_ms": percentiles(s.server_prompt_ms for s in short if s.server_prompt_ms is not None),
+        "ttft_overhead_ms": percentiles(overhead),
+    }
+
+
+# -- part B: a fixed-rate local SSE server in another process -------------------
+
+
+def _serve(port_queue, interval_s: float) -> None:
+    """llama.cpp-native SSE: n_predict content events at a fixed interval, then a stop event."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line = head.split(b"\r\n", 1)[0]
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = json.loads(await reader.readexactly(length)) if length else {}
+            if request_line.startswith(b"GET /health"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                await writer.drain()
+                return
+            n = int(body.get("n_predict") or 16)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            event = b'data: {"content":"x","stop":false}\n\n'
+            for i in range(n):
+                # a fixed schedule: the i-th token is due at start + i*interval, whatever the drift
+                delay = start + i * interval_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                writer.write(event)
+            final = {
+                "content": "",
+                "stop": True,
+                "tokens_predicted": n,
+                "tokens_evaluated": 8,
+                "timings": {"predicted_n": n, "prompt_ms": 0.0, "predicted_per_second": 1 / interval_s},
+            }
+            writer.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(handle, sock=sock, backlog=4096)
+        port_queue.put(sock.getsockname()[1])
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+async def _level(url: str, concurrency: int, tokens: int) -> dict:
+    nonce = os.urandom(4).hex()
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        samples = await asyncio.gather(
+            *[
+                stream_request(client, url, "llamacpp", "m", None, make_prompt(nonce, i), tokens, index=i, concurrency=concurrency)
+                for i in range(concurrency)
+            ]
+        )
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"samples": samples, "cpu_s": cpu, "wall_s": wall}
+
+
+def capacity(levels: list[int], interval_ms: float, tokens: int) -> dict:
+    import psutil
+
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    server = context.Process(target=_serve, args=(ports, interval_ms / 1000), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{ports.get(timeout=30)}"
+        server_proc = psutil.Process(server.pid)
+        rows = []
+        asyncio.run(_level(url, 1, 4))  # warm imports and the loop
+        for concurrency in levels:
+            before = server_proc.cpu_times()
+            result = asyncio.run(_level(url, concurrency, tokens))
+            after = server_proc.cpu_times()
+            samples = result["samples"]
+            ok = [s for s in samples if s.ok]
+            itl = percentiles(g for s in ok for g in s.itl_ms)
+            ttft = percentiles(s.ttft_ms for s in ok)
+            events = sum(len(s.itl_ms) + 1 for s in ok)
+            client_cpu = result["cpu_s"] / result["wall_s"]
+            server_cpu = (after.user + after.system - before.user - before.system) / result["wall_s"]
+            sustained = (
+                len(ok) == concurrency
+                and client_cpu < CPU_LIMIT
+                and abs(itl.get("p50", 1e9) - interval_ms) <= interval_ms * ITL_TOLERANCE
+                and itl.get("p95", 1e9) <= interval_ms * ITL_P95_FACTOR
+            )
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "ok": len(ok),
+                    "wall_s": round(result["wall_s"], 3),
+                    "client_cpu_share": round(client_cpu, 3),
+                    "client_cpu_us_per_event": round(result["cpu_s"] / max(events, 1) * 1e6, 1),
+                    "server_cpu_share": round(server_cpu, 3),
+                    "events_per_s": round(events / result["wall_s"], 1),
+                    "ttft_ms": ttft,
+                    "itl_ms": itl,
+                    "sustained": sustained,
+                }
+            )
+        sustained_levels = [r["concurrency"] for r in rows if r["sustained"]]
+        # the largest level before the first failure: a later lucky pass does not count
+        largest = None
+        for row in rows:
+            if not row["sustained"]:
+                break
+            largest = row["concurrency"]
+        return {
+            "interval_ms": interval_ms,
+            "tokens_per_stream": tokens,
+            "rows": rows,
+            "client_floor_ttft_ms": rows[0]["ttft_ms"] if rows and rows[0]["concurrency"] == 1 else None,
+            "largest_sustained_concurrency": largest,
+            "sustained_levels": sustained_levels,
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        server.terminate()
+        server.join(5)
+
+
+# -- the stack -----------------------------------------------------------------
+
+
+def deploy_private_stack(log) -> tuple[object, dict]:
+    """A CPU stack on free ports from the repo's image and model, in a temporary home."""
+    from idp_ops.config import REPO_ROOT, load_settings
+    from idp_ops.core.secrets import ensure_keys
+    from idp_ops.core.stack import deploy
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("IDP_")}
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        repo = load_settings()
+    finally:
+        os.chdir(cwd)
+        os.environ.update(saved)
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    home = Path(tempfile.mkdtemp(prefix="idp-bench-accuracy-"))
+    endpoints = []
+    for name, protocol in (("openai-standin", "openai"), ("llamacpp-cpu", "llamacpp")):
+        endpoints.append(
+            {
+                "name": name,
+                "protocol": protocol,
+                "url": f"http://127.0.0.1:{free_port()}",
+                "compose_service": name,
+                "key_name": f"{name.split('-')[0]}_api_key",
+                "model": "gemma-3-270m",
+            }
+        )
+    settings = load_settings(
+        None,
+        home=home,
+        models_dir=repo.models_dir,
+        llama_server_image=repo.llama_server_image,
+        compose_project=f"idp-ops-bench-accuracy-{os.getpid()}",
+        endpoints=endpoints,
+        stop_timeout_s=5,
+    )
+    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    report = deploy(settings, log=log)
+    if not report.ok:
+        raise SystemExit(f"deploy failed: {report.problems}")
+    return settings, {"home": str(home)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url")
+    parser.add_argument("--protocol", choices=["openai", "llamacpp"])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--key-file")
+    parser.add_argument("--decode-runs", type=int, default=5)
+    parser.add_argument("--decode-tokens", type=int, default=200)
+    parser.add_argument("--ttft-runs", type=int, default=20)
+    parser.add_argument("--levels", default="1,8,32,64,128,256,512")
+    parser.add_argument("--interval-ms", type=float, default=20.0, help="the local server's token interval (20 ms = 50 tok/s)")
+    parser.add_argument("--stream-tokens", type=int, default=100)
+    parser.add_argument("--skip-capacity", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    def log(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    from idp_ops.core.secrets import read_key
+
+    results: dict = {"accuracy": [], "capacity": None}
+    settings = None
+    try:
+        if args.url:
+            if not args.protocol:
+                parser.error("--url needs --protocol")
+            key = read_key(Path(args.key_file)) if args.key_file else None
+            targets = [(args.url.rstrip("/"), args.protocol, args.model, key)]
+        else:
+            log("deploying a private CPU stack (llama-server + Gemma 3 270M, both protocols)")
+            settings, _info = deploy_private_stack(log)
+            targets = [(e.url, e.protocol, e.model, read_key(settings.key_file(e))) for e in settings.endpoints]
+        for url, protocol, model, key in targets:
+            log(f"accuracy against {url} ({protocol}): {args.decode_runs}×{args.decode_tokens}-token decodes, {args.ttft_runs} TTFT requests")
+            results["accuracy"].append(
+                accuracy(url, protocol, model, key, decode_runs=args.decode_runs, decode_tokens=args.decode_tokens, ttft_runs=args.ttft_runs)
+            )
+    finally:
+        if settings is not None:
+            from idp_ops.core.stack import compose_project
+
+            log("tearing the private stack down")
+            compose_project(settings).down(timeout=5)
+    if not args.skip_capacity:
+        levels = [int(x) for x in args.levels.split(",") if x.strip()]
+        log(f"client capacity against a local {args.interval_ms:g} ms/token SSE server: concurrency {levels}")
+        results["capacity"] = capacity(levels, args.interval_ms, args.stream_tokens)
+
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+        return 0
+    print(f"machine: {os.cpu_count()} CPUs; llama-server runs with --threads 1 per service")
+    for a in results["accuracy"]:
+        r = a["decode_ratio"]
+        o = a["ttft_overhead_ms"]
+        print(f"\n{a['protocol']} @ {a['url']}")
+        print(
+            f"  decode tok/s, ours ÷ server's predicted_per_second over {a['decode_runs']}×{a['decode_tokens']} tokens: "
+            f"median {r['median']:.4f} (min {r['min']:.4f}, max {r['max']:.4f})  target 0.95–1.05  "
+            f"{'PASS' if r['min'] >= 0.95 and r['max'] <= 1.05 else 'MISS'}"
+        )
+        print(f"    ours   {a['ours_tok_s']}\n    server {a['server_tok_s']}")
+        print(
+            f"  TTFT − server prompt_ms over {a['ttft_runs']} requests: p50 {o['p50']:.2f} ms, p90 {o['p90']:.2f}, "
+            f"p99 {o['p99']:.2f} (TTFT p50 {a['ttft_ms']['p50']:.1f} ms, prompt_ms p50 {a['server_prompt_ms']['p50']:.1f})  "
+            f"target p50 ≤ 5 ms  {'PASS' if o['p50'] <= 5 else 'MISS'}"
+        )
+    c = results["capacity"]
+    if c:
+        print(f"\nclient capacity: local SSE server in another process, {c['tokens_per_stream']} tokens/stream at {c['interval_ms']:g} ms/token")
+        print("  conc   ok  client CPU  µs/event  server CPU  events/s  TTFT p50  ITL p50  ITL p95  ITL p99  sustained")
+        for row in c["rows"]:
+            print(
+                f"  {row['concurrency']:>4} {row['ok']:>4}  {row['client_cpu_share'] * 100:>9.1f}%  {row['client_cpu_us_per_event']:>8.1f}"
+                f"  {row['server_cpu_share'] * 100:>9.1f}%  {row['events_per_s']:>8.0f}  {row['ttft_ms'].get('p50', float('nan')):>8.2f}"
+                f"  {row['itl_ms'].get('p50', float('nan')):>7.2f}  {row['itl_ms'].get('p95', float('nan')):>7.2f}"
+                f"  {row['itl_ms'].get('p99', float('nan')):>7.2f}  {'yes' if row['sustained'] else 'NO'}"
+            )
+        floor = c["client_floor_ttft_ms"]
+        if floor:
+            print(f"  client+HTTP TTFT floor (concurrency 1, server answers at once): p50 {floor['p50']:.2f} ms")
+        print(
+            f"  largest concurrency with client CPU < {CPU_LIMIT:.0%} of a core, ITL p50 within ±{ITL_TOLERANCE:.0%} "
+            f"and ITL p95 within {ITL_P95_FACTOR:g}× of {c['interval_ms']:g} ms: {c['largest_sustained_concurrency']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

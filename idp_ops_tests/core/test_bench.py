@@ -1,0 +1,430 @@
+"""The streaming benchmark client: statistics and SSE edge cases against a scripted local
+HTTP server, then every metric against the real llama-server (CPU stack, Gemma 270M)
+on both protocols, the CLI, and a server stopped mid-run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from idp_ops.core.bench import (
+    BenchError,
+    RequestSample,
+    percentiles,
+    run_benchmark_sync,
+)
+
+# -- statistics --------------------------------------------------------------
+
+
+def test_percentiles_interpolate_linearly_between_ranks():
+    values = list(range(1, 101))  # 1..100
+    p = percentiles(values)
+    assert p["n"] == 100 and p["mean"] == 50.5
+    # numpy's default: v[(n-1)q] interpolated
+    assert p["p50"] == pytest.approx(50.5) and p["p90"] == pytest.approx(90.1)
+    assert p["p95"] == pytest.approx(95.05) and p["p99"] == pytest.approx(99.01)
+    assert percentiles([7.0]) == {"p50": 7.0, "p90": 7.0, "p95": 7.0, "p99": 7.0, "mean": 7.0, "n": 1}
+    assert percentiles([]) == {"n": 0}
+    assert percentiles([3, 1, 2])["p50"] == 2
+
+
+def test_decode_rate_counts_the_intervals_between_first_and_last_token():
+    sample = RequestSample(index=0, started_at=None, ttft_ms=100.0, e2e_ms=1100.0, output_tokens=51)
+    assert sample.decode_tok_s == pytest.approx(50.0)  # 50 tokens after the first, in 1 s
+    assert RequestSample(index=0, started_at=None, ttft_ms=1, e2e_ms=2, output_tokens=1).decode_tok_s is None
+
+
+# -- a scripted local server -------------------------------------------------
+
+
+def _event(obj) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def _text_chunk(text: str) -> dict:
+    return {"choices": [{"text": text, "index": 0, "finish_reason": None}], "object": "text_completion"}
+
+
+class FakeServer:
+    """A local HTTP server whose /v1/completions and /completion follow a script per mode.
+
+    Streams are written unchunked with ``Connection: close`` (the body ends when the
+    socket closes), in pieces with pauses, as a real server's writes arrive.
+    """
+
+    def __init__(self, mode: str, *, not_ready_for_s: float = 0.0):
+        self.mode = mode
+        self.not_ready_until = time.monotonic() + not_ready_for_s
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                if self.path == "/health":
+                    status = 503 if time.monotonic() < server.not_ready_until else 200
+                    body = b'{"status":"ok"}' if status == 200 else b'{"error":"Loading model"}'
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_error(404)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                server.requests.append({"path": self.path, "payload": payload, "auth": self.headers.get("Authorization")})
+                try:
+                    server.answer(self, payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @staticmethod
+    def _start_stream(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+
+    def answer(self, handler, payload: dict) -> None:
+        write = handler.wfile.write
+        flush = handler.wfile.flush
+        mode = self.mode
+        if mode in ("http_500", "http_401"):
+            status = int(mode[5:])
+            body = b'{"error":{"code":%d,"message":"scripted"}}' % status
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            write(body)
+            return
+        if mode == "not_sse":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/html")
+            handler.end_headers()
+            write(b"<html>a proxy error page</html>\n")
+            return
+        self._start_stream(handler)
+        n = payload.get("max_tokens") or payload.get("n_predict") or 4
+        if mode == "openai_edge_cases":
+            # A comment, a ping, a role-only chunk and an empty-text chunk before any text:
+            # none of them is the first token.
+            write(b": keep-alive comment\n\n")
+            write(b"event: ping\ndata: \n\n")
+            write(_event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
+            write(_event(_text_chunk("")))
+            flush()
+            time.sleep(0.15)
+            # Two tokens per event for the first half: counting events would be wrong.
+            event = _event(_text_chunk("ab"))
+            write(event[:7])  # an event split across writes mid-line
+            flush()
+            time.sleep(0.02)
+            write(event[7:])
+            flush()
+            for _ in range(n - 3):
+                time.sleep(0.02)
+                write(_event(_text_chunk("x")))
+                flush()
+            write(_event({"choices": [{"text": "", "index": 0, "finish_reason": "length"}]}))
+            # vLLM's usage-only chunk: choices empty, usage authoritative.
+            write(_event({"choices": [], "usage": {"completion_tokens": n, "prompt_tokens": 11, "total_tokens": n + 11}}))
+            write(b"data: [DONE]\n\n")
+            flush()
+        elif mode == "malformed":
+            write(_event(_text_chunk("ok")))
+            write(b"data: {this is not json\n\n")
+            flush()
+        elif mode == "trickle":
+            # Headers, then a ping every 0.1 s, forever: only a whole-request deadline ends it.
+            for _ in range(600):
+                write(b": ping\n\n")
+                flush()
+                time.sleep(0.1)
+        elif mode == "llamacpp_truncated":
+            for _ in range(3):
+                write(_event({"content": "x", "stop": False}))
+                flush()
+            # the socket closes without the final stop event
+        elif mode == "stream_error":
+            write(_event({"error": {"code": 500, "message": "context overflow"}}))
+            flush()
+        else:
+            raise AssertionError(mode)
+
+
+SMALL = dict(warmups=1, ttft_requests=3, ttft_max_tokens=8, decode_tokens=8, decode_requests=1, sweep=(2,), sweep_tokens=8)
+
+
+def test_sse_comments_pings_role_only_and_usage_only_chunks_are_not_tokens():
+    with FakeServer("openai_edge_cases") as server:
+        report = run_benchmark_sync(server.url, "openai", "m", "k3y", **SMALL, timeout_s=10, ready_timeout_s=5)
+    assert report.ok, report.problems
+    for sample in report.samples:
+        assert sample.error is None
+        # TTFT waited for the first non-empty text (sent 150 ms after the role/empty chunks)
+        assert sample.ttft_ms >= 140
+        # tokens from usage (8), though only 7 content events arrived
+        assert sample.output_tokens == 8 and len(sample.itl_ms) == 8 - 3
+        assert sample.prompt_tokens == 11
+        assert sample.tpot_ms == pytest.approx((sample.e2e_ms - sample.ttft_ms) / 7, abs=0.01)
+        assert sample.server_decode_tok_s is None  # not llama.cpp: no timings
+    sent = server.requests[0]
+    assert sent["auth"] == "Bearer k3y"
+    body = sent["payload"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["ignore_eos"] is True and body["max_tokens"] == 8
+    prompts = [r["payload"]["prompt"] for r in server.requests]
+    assert len(set(prompts)) == len(prompts), "every request has its own prompt"
+    assert len(report.sweep[0].samples) == 4 and report.sweep[0].concurrency == 2
+
+
+def test_poisson_arrivals_keep_the_concurrency_cap():
+    with FakeServer("openai_edge_cases") as server:
+        report = run_benchmark_sync(server.url, "openai", "m", "k", **{**SMALL, "sweep": (2, 3)}, poisson_rate=50.0, seed=7)
+    assert report.ok
+    assert [(s.concurrency, s.requests, s.poisson_rate) for s in report.sweep] == [(2, 4, 50.0), (3, 6, 50.0)]
+    assert report.settings["poisson_rate"] == 50.0
+
+
+@pytest.mark.parametrize(
+    ("mode", "protocol", "kind"),
+    [
+        ("malformed", "openai", "malformed_sse"),
+        ("not_sse", "openai", "malformed_sse"),
+        ("http_500", "openai", "http_5xx"),
+        ("http_500", "llamacpp", "http_5xx"),
+        ("llamacpp_truncated", "llamacpp", "server_stopped"),
+        ("stream_error", "llamacpp", "stream_error"),
+    ],
+)
+def test_a_misbehaving_server_is_recorded_by_kind_and_never_hangs(mode, protocol, kind):
+    started = time.monotonic()
+    with FakeServer(mode) as server:
+        report = run_benchmark_sync(server.url, protocol, "m", "k", **SMALL, timeout_s=5, ready_timeout_s=5)
+    assert time.monotonic() - started < 10
+    measured = 3 + 1 + 4
+    assert report.errors_by_kind == {kind: measured}
+    assert not report.ok and report.problems[0].startswith(f"{measured} of {measured} requests failed ({kind} {measured})")
+    assert all(s.error == kind and s.error_detail for s in report.samples)
+    assert report.warm_ttft.success_rate == 0 and report.warm_ttft.percentiles["ttft_ms"] == {"n": 0}
+    if kind == "http_5xx":
+        assert {s.status for s in report.samples} == {500}
+        assert "server error (5xx)" in report.message
+
+
+def test_a_stream_that_never_finishes_times_out_per_request():
+    started = time.monotonic()
+    with FakeServer("trickle") as server:
+        report = run_benchmark_sync(
+            server.url, "openai", "m", "k", warmups=1, ttft_requests=2, decode_tokens=4, decode_requests=1,
+            sweep=(), timeout_s=0.6, ready_timeout_s=5,
+        )
+    assert time.monotonic() - started < 6
+    assert report.errors_by_kind == {"timeout": 3}
+    assert any("no complete answer within 0.6 s" in p for p in report.problems)
+
+
+def test_a_rejected_key_is_an_auth_failure_not_a_measurement():
+    with FakeServer("http_401") as server, pytest.raises(BenchError, match=r"rejected the key \(401\)"):
+        run_benchmark_sync(server.url, "openai", "m", "wrong", **SMALL, timeout_s=5, ready_timeout_s=5)
+
+
+def test_an_unreachable_endpoint_fails_clearly_after_the_ready_timeout():
+    from idp_ops_tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(BenchError, match=r"not ready after 1\.5 s \(last: ConnectError"):
+        run_benchmark_sync(url, "llamacpp", "m", "k", ready_timeout_s=1.5)
+    assert 0.5 < time.monotonic() - started < 5
+
+
+def test_503_while_loading_means_not_ready_and_is_retried():
+    with FakeServer("openai_edge_cases", not_ready_for_s=0.8) as server:
+        lines: list[str] = []
+        report = run_benchmark_sync(server.url, "openai", "m", "k", **SMALL, ready_timeout_s=10, progress=lines.append)
+    assert report.ok
+    assert any("not ready (HTTP 503)" in line for line in lines)
+    with FakeServer("openai_edge_cases", not_ready_for_s=60) as server:
+        with pytest.raises(BenchError, match=r"not ready after 1 s \(last: HTTP 503\)"):
+            run_benchmark_sync(server.url, "openai", "m", "k", **SMALL, ready_timeout_s=1)
+
+
+def test_bad_arguments_are_refused_before_anything_is_sent():
+    with pytest.raises(BenchError, match="unknown protocol"):
+        run_benchmark_sync("http://127.0.0.1:1", "grpc", "m", None)
+    with pytest.raises(BenchError, match="sweep levels"):
+        run_benchmark_sync("http://127.0.0.1:1", "openai", "m", None, sweep=(0,))
+
+
+# -- against the real llama-server --------------------------------------------
+
+REAL = dict(warmups=1, ttft_requests=5, ttft_max_tokens=8, decode_tokens=32, decode_requests=2, sweep=(1, 4), sweep_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, llama_image, demo_models_dir):
+    """A CPU stack (llama-server + Gemma 270M on both protocols) on free ports, torn down after."""
+    from idp_ops.config import load_settings
+    from idp_ops.core.secrets import ensure_keys
+    from idp_ops.core.stack import compose_project, deploy
+    from idp_ops_tests.conftest import cpu_stack_settings, write_settings
+
+    root = tmp_path_factory.mktemp("bench-stack")
+    config = write_settings(
+        root / "idp-ops.yaml",
+        **cpu_stack_settings(root / "home", demo_models_dir, llama_image, f"idp-ops-test-bench-{time.time_ns() % 10**8}"),
+    )
+    settings = load_settings(config)
+    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    try:
+        report = deploy(settings)
+        assert report.ok, report.problems
+        yield settings
+    finally:
+        compose_project(settings).down(timeout=settings.stop_timeout_s)
+
+
+def _target(settings, name):
+    from idp_ops.core.secrets import read_key
+
+    endpoint = settings.endpoint(name)
+    return endpoint, read_key(settings.key_file(endpoint))
+
+
+@pytest.mark.docker
+@pytest.mark.model
+@pytest.mark.parametrize("name", ["llamacpp-cpu", "openai-standin"])
+def test_every_metric_is_present_and_sane_on_the_real_server(stack, name):
+    endpoint, key = _target(stack, name)
+    report = run_benchmark_sync(endpoint.url, endpoint.protocol, endpoint.model, key, endpoint=name, **REAL, ready_timeout_s=30)
+    assert report.ok, report.problems
+    assert report.errors_by_kind == {}
+    assert [s.scenario for s in report.scenarios] == ["warm_ttft", "decode", "sweep_c1", "sweep_c4"]
+    assert [len(s.samples) for s in report.scenarios] == [5, 2, 2, 8]
+    for scenario in report.scenarios:
+        assert scenario.success_rate == 1.0 and scenario.aggregate_output_tok_s > 0
+        for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+            p = scenario.percentiles[metric]
+            assert p["n"] > 0 and 0 < p["p50"] <= p["p90"] <= p["p95"] <= p["p99"], (scenario.scenario, metric, p)
+        for sample in scenario.samples:
+            assert sample.status == 200 and sample.error is None
+            assert 0 < sample.ttft_ms < sample.e2e_ms
+            assert sample.output_tokens == sample.max_tokens, "fixed output length (ignore_eos)"
+            assert sample.prompt_tokens and sample.prompt_tokens > 5
+            assert len(sample.itl_ms) >= 1 and all(gap >= 0 for gap in sample.itl_ms)
+            assert sample.tpot_ms == pytest.approx((sample.e2e_ms - sample.ttft_ms) / (sample.output_tokens - 1), rel=1e-3)
+            # the whole prompt was evaluated: no prefix cache served any of it
+            assert sample.server_cached_tokens == 0
+            # the server's prompt processing is inside our TTFT
+            assert 0 < sample.server_prompt_ms < sample.ttft_ms
+            assert sample.started_at.tzinfo is not None and sample.concurrency == scenario.concurrency
+    assert [s.max_tokens for s in report.decode.samples] == [32, 32]
+    # our single-stream decode rate against llama-server's own timings.predicted_per_second
+    # (llama-server sends `timings` on its OpenAI route too)
+    assert report.server_decode_tok_s and report.decode_tok_s
+    assert report.decode_tok_s == pytest.approx(report.server_decode_tok_s, rel=0.10)
+    for sample in report.decode.samples:
+        assert sample.decode_tok_s == pytest.approx(sample.server_decode_tok_s, rel=0.10)
+    data = json.loads(json.dumps(report.to_dict(), default=str))
+    assert data["decode"]["percentiles"]["tpot_ms"]["n"] == 2 and len(data["sweep"][1]["samples"]) == 8
+
+
+@pytest.mark.docker
+@pytest.mark.model
+@pytest.mark.parametrize("name", ["llamacpp-cpu", "openai-standin"])
+def test_a_wrong_or_missing_key_is_reported_as_an_auth_failure(stack, name):
+    endpoint, key = _target(stack, name)
+    for wrong in ("not-the-key", None):
+        with pytest.raises(BenchError, match=r"rejected the key \(401\)"):
+            run_benchmark_sync(endpoint.url, endpoint.protocol, endpoint.model, wrong, **REAL, ready_timeout_s=10)
+
+
+@pytest.mark.docker
+@pytest.mark.model
+def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_path):
+    from idp_ops.cli import main
+
+    endpoint = stack.endpoint("llamacpp-cpu")
+    argv = [
+        "bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--key-file", str(stack.key_file(endpoint)),
+        "--requests", "3", "--decode-tokens", "24", "--decode-requests", "1", "--sweep", "1,2", "--sweep-tokens", "8",
+        "--json",
+    ]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["protocol"] == "llamacpp"
+    for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+        assert set(data["warm_ttft"]["percentiles"][metric]) == {"p50", "p90", "p95", "p99", "mean", "n"}
+    assert data["decode_tok_s"] > 1 and data["server_decode_tok_s"] > 1
+    assert [s["concurrency"] for s in data["sweep"]] == [1, 2]
+    assert "samples" not in data["decode"]
+
+    # by name through settings, human output; a URL without --protocol cannot run
+    assert main(["--config", str(stack.home.parent / "idp-ops.yaml"), "bench", "--endpoint", "openai-standin",
+                 "--requests", "2", "--decode-tokens", "8", "--decode-requests", "1", "--sweep", ""]) == 0
+    out = capsys.readouterr().out
+    assert "single-stream decode:" in out and "TTFT" in out and "OK" in out
+    assert main(["bench", "--endpoint", endpoint.url]) == 2
+    assert "needs --protocol" in capsys.readouterr().err
+    assert main(["bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--key-file", str(tmp_path / "none")]) == 2
+
+
+@pytest.mark.docker
+@pytest.mark.model
+def test_the_server_stopped_mid_run_is_recorded_and_fails_clearly(stack):
+    """Last in this module: it stops a service of the module's stack."""
+    from idp_ops.core.stack import compose_project
+
+    endpoint, key = _target(stack, "llamacpp-cpu")
+    stopper: list[threading.Thread] = []
+
+    def progress(line: str) -> None:
+        # After the warm TTFT scenario, stop the server while decode streams run.
+        if line.startswith("decode:") and not stopper:
+            thread = threading.Thread(target=compose_project(stack).stop, args=([endpoint.compose_service],), kwargs={"timeout": 2})
+            thread.start()
+            stopper.append(thread)
+
+    started = time.monotonic()
+    report = run_benchmark_sync(
+        endpoint.url, endpoint.protocol, endpoint.model, key, warmups=1, ttft_requests=3, ttft_max_tokens=8,
+        decode_tokens=400, decode_requests=3, sweep=(1, 4), sweep_tokens=16, timeout_s=30, progress=progress,
+    )
+    elapsed = time.monotonic() - started
+    stopper[0].join(timeout=60)
+    assert elapsed < 60
+    assert report.warm_ttft.success_rate == 1.0
+    assert not report.ok
+    failed = sum(report.errors_by_kind.values())
+    # the decode stream in flight may finish or be cut; every request after it fails
+    assert set(report.errors_by_kind) <= {"connect", "server_stopped"} and failed >= 2 + 2 + 8
+    assert report.sweep[0].success_rate == 0 and report.sweep[-1].success_rate == 0
+    assert "the server stopped answering during the run" in report.message
+    assert report.problems[0].startswith(f"{failed} of 16 requests failed")

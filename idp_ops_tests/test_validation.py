@@ -1,0 +1,112 @@
+"""nightly_validation_job against the real CPU stack: criteria, physics beside them, history without duplicates."""
+
+import pytest
+from dagster import DagsterInstance
+
+from idp_ops.config import load_settings
+from idp_ops.core import history
+from idp_ops.core.bandwidth import measure_cpu_bandwidth
+from idp_ops.core.physics import GB
+from idp_ops.core.secrets import ensure_keys
+from idp_ops.core.stack import compose_project, deploy
+from idp_ops.definitions import defs
+from idp_ops.resources import SettingsResource
+from idp_ops_tests.conftest import cpu_stack_settings, write_settings
+
+pytestmark = [pytest.mark.docker, pytest.mark.model]
+
+SMALL_NIGHT = {
+    "warmups": 1, "ttft_requests": 5, "ttft_max_tokens": 8, "decode_tokens": 32, "decode_requests": 2,
+    "sweep": [1, 4], "sweep_tokens": 16, "sweep_rounds": 1,
+    "load_users": 2, "load_spawn_rate": 2, "load_run_time_s": 6, "load_wait_scale": 0.1,
+}
+# A datasheet figure for this test's "hardware": enough to give the Gemma endpoints a ceiling.
+TEST_HARDWARE = {"name": "test-host", "cpu_bandwidth_gbs": 30.0, "efficiency": 0.8}
+
+
+def criteria_settings(values, acceptance):
+    values = dict(values)
+    values["endpoints"] = [{**e, "model_file": "gemma-3-270m-q4_k_m.gguf", "cpu_threads": 1, "acceptance": acceptance}
+                           for e in values["endpoints"]]
+    return values
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, llama_image, demo_models_dir):
+    root = tmp_path_factory.mktemp("night")
+    base = cpu_stack_settings(root / "home", demo_models_dir, llama_image, "idp-ops-night")
+    base.update(validation=SMALL_NIGHT, hardware_profile=TEST_HARDWARE)
+    settings = load_settings(write_settings(root / "base.yaml", **base))
+    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    deploy(settings)
+    (root / "dh").mkdir()
+    instance = DagsterInstance.local_temp(tempdir=str(root / "dh"))
+    try:
+        yield {"root": root, "base": base, "settings": settings, "instance": instance}
+    finally:
+        instance.dispose()
+        compose_project(settings).down()
+
+
+def night(stack, name, acceptance, partition="2026-11-25"):
+    config = write_settings(stack["root"] / f"{name}.yaml", **criteria_settings(stack["base"], acceptance))
+    job = defs.resolve_job_def("nightly_validation_job")
+    return job.execute_in_process(
+        instance=stack["instance"], partition_key=partition, raise_on_error=False,
+        resources={"settings": SettingsResource(config_file=str(config))},
+    )
+
+
+def checks(result):
+    return {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+
+
+def test_a_green_night_on_the_cpu_stack_records_history_once(stack):
+    acceptance = {"ttft_p50_ms": 2000, "ttft_p95_ms": 5000, "decode_tok_s_min": 5, "success_rate_min": 0.95,
+                  "concurrency": 4}
+    result = night(stack, "green", acceptance)
+    assert result.success
+    evaluations = checks(result)
+    for name in ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced"):
+        assert evaluations[("benchmark_results", name)].passed, evaluations[("benchmark_results", name)].description
+    assert evaluations[("load_test_results", "no_failed_requests")].passed
+    decode = evaluations[("benchmark_results", "decode_throughput")]
+    row = decode.metadata["openai-standin"].value
+    assert row["ceiling"] and 0 < row["efficiency"] < 1, "measured beside its ceiling, below it"
+    assert "ceiling" in decode.description
+
+    again = night(stack, "green", acceptance)  # the same night, re-run
+    assert again.success
+    with history.connect(stack["settings"].history_file) as con:
+        runs = con.execute("SELECT endpoint, count(*) FROM bench_runs GROUP BY 1 ORDER BY 1").fetchall()
+        samples = con.execute("SELECT count(*) FROM bench_samples WHERE endpoint = 'llamacpp-cpu'").fetchone()[0]
+        loads = con.execute("SELECT count(*), sum(failures) FROM load_tests").fetchone()
+    assert runs == [("llamacpp-cpu", 1), ("openai-standin", 1)]
+    assert samples == 5 + 2 + 1 + 4  # ttft + decode + sweep(1) + sweep(4), warm-ups discarded
+    assert loads == (2, 0)
+
+
+def test_impossible_thresholds_fail_clearly_and_physics_says_unattainable(stack):
+    acceptance = {"ttft_p50_ms": 0.001, "decode_tok_s_min": 5000, "success_rate_min": 0.95, "concurrency": 4}
+    result = night(stack, "red", acceptance, partition="2026-11-24")
+    evaluations = checks(result)
+    ttft = evaluations[("benchmark_results", "ttft_p50")]
+    assert not ttft.passed and ttft.severity.value == "ERROR" and ttft.description.startswith("failed:")
+    decode = evaluations[("benchmark_results", "decode_throughput")]
+    assert not decode.passed and decode.severity.value == "WARN"
+    assert decode.description.startswith("unattainable:") and "above the physics ceiling" in decode.description
+
+
+def test_measured_decode_stays_below_the_ceiling_from_measured_bandwidth(stack):
+    with history.connect(stack["settings"].history_file) as con:
+        measured = con.execute(
+            "SELECT endpoint, decode_tok_s, server_decode_tok_s FROM bench_runs WHERE night = '2026-11-25'"
+        ).fetchall()
+    assert measured, "run after the green night"
+    bandwidth = measure_cpu_bandwidth(buffer_mb=512, threads=1, repeats=3)
+    weight_bytes = 246_587_904  # Gemma 3 270M Q4_K_M tensors, tied embeddings: all read per token
+    ceiling = bandwidth.read_gbs * GB / weight_bytes
+    for endpoint, ours, server in measured:
+        print(f"\n{endpoint}: {ours:.1f} tok/s (server {server}) vs ceiling {ceiling:.1f} "
+              f"({bandwidth.read_gbs} GB/s, 1 thread): efficiency {ours / ceiling:.0%}")
+        assert 0 < ours < ceiling

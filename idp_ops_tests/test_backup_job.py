@@ -158,7 +158,8 @@ def test_source_bit_rot_fails_the_run_names_the_file_and_keeps_the_good_snapshot
 def test_restore_job_refuses_an_unknown_snapshot_clearly(box, tmp_path):
     models, backups, config = box
     assert run_job("weekly_backup_job", tmp_path, config).success
-    result = run_job("restore_job", tmp_path, config, {"ops": {"restore_models": {"config": {"snapshot": "19990101T000000Z"}}}})
+    unknown = {"ops": {"restore_models": {"config": {"snapshot": "19990101T000000Z"}}}}
+    result = run_job("restore_job", tmp_path, config, unknown)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "no snapshot named '19990101T000000Z'; available" in failure.step_failure_data.error.message

@@ -15,7 +15,6 @@ from gguf import GGUFWriter
 from idp_ops.assets.physics import memory_bandwidth, throughput_ceilings
 from idp_ops.assets.reports import performance_trend, roi_report
 from idp_ops.config import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
-from idp_ops.core import history
 from idp_ops.core.bandwidth_store import latest_measured_bandwidth
 from idp_ops.core.ceilings import MeasuredBandwidth
 from idp_ops.core.ceiling_report import ModelFacts, ceiling_for, criteria_rows, model_facts

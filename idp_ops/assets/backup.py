@@ -81,17 +81,18 @@ def model_manifest(context: AssetExecutionContext, settings: SettingsResource) -
         AssetCheckSpec(
             "backup_verified",
             asset="model_backup",
-            description="Every file written this run hashes to its manifest value and no file is missing from the snapshot.",
+            description="Every file written this run hashes to its manifest value; no file is missing from the snapshot.",
         ),
         AssetCheckSpec(
             "scrub_clean",
             asset="model_backup",
-            description="This run's scrub slice hashes to the manifest on both the store and the backup (catches bit rot).",
+            description="This run's scrub slice is identical on the store and the backup; where they differ, both "
+            "are hashed to name the rotten side (catches bit rot that size and mtime cannot see).",
         ),
         AssetCheckSpec(
             "file_count_matches",
             asset="model_backup",
-            description="The snapshot holds as many files as the manifest lists (the original plan's check; cheap, weak).",
+            description="The snapshot holds as many files as the manifest lists (the original plan's check: weak).",
         ),
     ],
 )
@@ -170,7 +171,10 @@ def _check_results(report: BackupReport) -> list[AssetCheckResult]:
         # The run stopped before anything could be verified (refused destination, rsync failure, ...).
         return [
             AssetCheckResult(
-                check_name=name, passed=False, severity=AssetCheckSeverity.ERROR, description=f"not verified: {report.message}"
+                check_name=name,
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=f"not verified: {report.message}",
             )
             for name in ("backup_verified", "scrub_clean", "file_count_matches")
         ]
@@ -228,7 +232,7 @@ class RestoreConfig(Config):
     path: Optional[str] = None
 
 
-@op(description="Copy a model (or the whole store) back from a snapshot, verifying every copy before replacing anything.")
+@op(description="Copy a model (or the whole store) back from a snapshot, verifying every copy before replacing.")
 def restore_models(context: OpExecutionContext, config: RestoreConfig, settings: SettingsResource):
     cfg = settings.load()
     try:

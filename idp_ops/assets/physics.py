@@ -47,10 +47,6 @@ class MemoryBandwidthConfig(Config):
     gpu_buffer_mb: int = 1024
 
 
-def _r(value, digits=2):
-    return round(value, digits) if isinstance(value, float) else value
-
-
 @asset(
     group_name=GROUP,
     description="This host's memory bandwidth: a streaming read (and copy) with 1 thread and with all threads, "
@@ -111,6 +107,13 @@ def memory_bandwidth(
     return MaterializeResult(metadata=metadata)
 
 
+def _pct(fraction: float | None) -> str:
+    if fraction is None:
+        return ""
+    # A tiny model on a fast bus sits at a fraction of a percent: keep two figures, not "0%".
+    return f"{fraction:.0%}" if fraction >= 0.01 else f"{fraction * 100:.2g}%"
+
+
 def _fmt(value, digits: int = 3):
     if value is None:
         return ""
@@ -164,7 +167,7 @@ def throughput_ceilings(context: AssetExecutionContext, settings: SettingsResour
             "device": c.device,
             "ceiling_tok_s": _fmt(c.tok_s),
             "measured_tok_s": _fmt(m),
-            "efficiency": f"{eff:.0%}" + (" (beats the ceiling: check the inputs)" if eff > 1 else "") if eff else "",
+            "efficiency": _pct(eff) + (" (beats the ceiling: check the inputs)" if eff > 1 else "") if eff else "",
             "weight_gb": _fmt(c.weight_gb),
             "bandwidth_gbs": _fmt(c.bandwidth_gbs),
             "source": c.bandwidth_source or "",
@@ -188,7 +191,7 @@ def throughput_ceilings(context: AssetExecutionContext, settings: SettingsResour
     model_columns = ["model", "endpoint", "device", "ceiling_tok_s", "weight_gb", "bandwidth_gbs", "source", "note"]
     criteria_table = [
         {**c.as_dict(), "ceiling": _fmt(c.ceiling), "measured": _fmt(c.measured),
-         "efficiency": f"{c.efficiency:.0%}" if c.efficiency else ""}  # fmt: skip
+         "efficiency": _pct(c.efficiency)}  # fmt: skip
         for c in criteria
     ]
     criteria_columns = ["endpoint", "criterion", "threshold", "ceiling", "measured", "efficiency", "status", "note"]

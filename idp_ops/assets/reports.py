@@ -203,7 +203,7 @@ def performance_trend(
                     "regressions": MetadataValue.json(
                         [
                             {"endpoint": s.endpoint, "metric": s.metric, "night": s.night, "value": s.value,
-                             "trailing_median": s.baseline, "change_pct": round(s.change_pct, 2),
+                             "trailing_median": s.baseline, "change_pct": round(s.change_pct, 2) if s.change_pct is not None else None,
                              "worse_when": "lower" if METRICS[s.metric].higher_is_better else "higher"}  # fmt: skip
                             for s in regressions
                         ]

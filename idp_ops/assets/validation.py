@@ -18,6 +18,7 @@ from dagster import (
 
 from idp_ops.assets.tables import markdown_table
 from idp_ops.core import history
+from idp_ops.core.bandwidth_store import latest_measured_bandwidth
 from idp_ops.core.bench import BenchError, run_benchmark_sync
 from idp_ops.core.ceilings import endpoint_ceiling
 from idp_ops.core.loadtest import LoadTestError, run_locust
@@ -38,14 +39,6 @@ _CHECK_DESCRIPTIONS = {
     "auth_enforced": "A request without the key is rejected (401/403).",
     "gpu_utilization": "Mean GPU utilization during the benchmark (NVML), where the endpoint has a GPU criterion.",
 }
-
-
-def _measured_bandwidth(history_file):
-    try:
-        from idp_ops.core.bandwidth_store import latest_measured_bandwidth
-    except ImportError:  # the physics assets are not installed in this code location
-        return None
-    return latest_measured_bandwidth(history_file)
 
 
 def _unauthenticated_status(endpoint) -> int | None:
@@ -92,7 +85,7 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
     cfg = settings.load()
     v = cfg.validation
     night = date.fromisoformat(context.partition_key)
-    measured_bandwidth = _measured_bandwidth(cfg.history_file)
+    measured_bandwidth = latest_measured_bandwidth(cfg.history_file)
     results, rows, problems = [], [], []
     for endpoint in cfg.endpoints or []:
         key_file = cfg.key_file(endpoint)

@@ -160,6 +160,10 @@ def latest_measured_bandwidth(history_file: Path, *, host: str | None = None) ->
     if many is None and cpu and cpu[0][0] == 1:
         # The newest CPU measurement used one thread as its "all threads": a 1-core host.
         many = cpu[0][1]
+    if many is not None and one is not None:
+        # More threads never have less bandwidth available (a server may use fewer): a noisy
+        # all-threads run below the 1-thread one must not give a ceiling a measurement can beat.
+        many = max(many, one)
     gpu = next((read for device, _, read in rows if device == DEVICE_GPU), None)
     return MeasuredBandwidth(cpu_read_gbs_one_thread=one, cpu_read_gbs_all_threads=many, gpu_gbs=gpu)
 

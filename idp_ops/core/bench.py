@@ -438,12 +438,17 @@ async def stream_request(
     )
     state = _StreamState()
     got_response = False
+    # Everything that is not sending happens before the clock starts: the request's JSON,
+    # URL and headers are built here (vLLM's benchmark builds its payload first too).
+    request = client.build_request("POST", url + path, json=payload, headers=headers)
     start = time.perf_counter()
     try:
         # asyncio.timeout bounds the whole request: httpx's read timeout is per read,
         # and a server trickling a byte a minute would otherwise never time out.
         async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url + path, json=payload, headers=headers) as response:
+            start = time.perf_counter()
+            response = await client.send(request, stream=True)
+            try:
                 got_response = True
                 sample.status = response.status_code
                 if response.status_code != 200:
@@ -453,6 +458,8 @@ async def stream_request(
                     return sample
                 async for event in EventSource(response).aiter_sse():
                     _handle_event(protocol, event.data, state, (time.perf_counter() - start) * 1000)
+            finally:
+                await response.aclose()
     except TimeoutError:
         sample.error, sample.error_detail = "timeout", f"no complete answer within {timeout_s:g} s"
     except _MalformedStream as exc:
@@ -488,8 +495,9 @@ async def stream_request(
     if sample.error is None:
         if state.first_ms is None:
             sample.error, sample.error_detail = "no_content", "the stream ended without any text"
-        elif not state.finished and protocol == "llamacpp":
-            sample.error, sample.error_detail = "server_stopped", "the stream ended before the final (stop) event"
+        elif not state.finished:
+            final = "[DONE]" if protocol == "openai" else "final (stop) event"
+            sample.error, sample.error_detail = "server_stopped", f"the stream ended before its {final}"
     if sample.ttft_ms is not None and sample.output_tokens and sample.output_tokens > 1:
         sample.tpot_ms = round((sample.e2e_ms - sample.ttft_ms) / (sample.output_tokens - 1), 3)
     return sample

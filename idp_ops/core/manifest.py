@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -166,7 +167,9 @@ def scan(root: Path, excludes: Iterable[str] = ()) -> list[FileStat]:
         except NotADirectoryError:
             raise ManifestError(f"{root} is not a directory") from None
         except PermissionError as exc:
-            raise ManifestError(f"cannot list {directory}: {exc.strerror} (a backup must be able to read everything)") from None
+            raise ManifestError(
+                f"cannot list {directory}: {exc.strerror} (a backup must be able to read everything)"
+            ) from None
     found.sort(key=lambda f: f.path)
     return found
 
@@ -188,7 +191,9 @@ class FileChanged(Exception):
     """The file's size or mtime moved while it was being read."""
 
 
-def hash_file(path: Path, *, on_bytes: Callable[[int], None] | None = None, drop_cache: bool = False) -> tuple[str, os.stat_result]:
+def hash_file(
+    path: Path, *, on_bytes: Callable[[int], None] | None = None, drop_cache: bool = False
+) -> tuple[str, os.stat_result]:
     """sha256 of one file and the stat of exactly the content hashed.
 
     ``drop_cache`` asks the kernel to drop the file's clean pages afterwards: a
@@ -393,7 +398,8 @@ class Manifest:
             "total_files": len(self.entries),
             "total_bytes": self.total_bytes,
             "files": [
-                {"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "sha256": e.sha256} for e in self.entries.values()
+                {"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "sha256": e.sha256}
+                for e in self.entries.values()
             ],
         }
 
@@ -534,7 +540,9 @@ def write_manifest(manifest: Manifest, out_dir: Path) -> tuple[Path, Path]:
         atomic_write_text(sums, sha256sums_text(manifest.entries.values()))
     except UnicodeEncodeError:
         bad = [e.path for e in manifest.entries.values() if not _utf8(e.path)]
-        raise ManifestError(f"file names that are not valid UTF-8 cannot go into {SUMS_NAME}: {bad[:10]} (rename them)") from None
+        raise ManifestError(
+            f"file names that are not valid UTF-8 cannot go into {SUMS_NAME}: {bad[:10]} (rename them)"
+        ) from None
     atomic_write_text(json_file, manifest_json_text(manifest))
     return json_file, sums
 
@@ -580,9 +588,8 @@ def load_manifest(path: Path) -> Manifest:
         if entry.path.startswith("/") or ".." in parts or "" in parts or not _SHA256_RE.match(entry.sha256):
             raise ManifestError(f"{path}: refusing unsafe or malformed entry {entry.path!r}")
         entries.append(entry)
-    return Manifest(Path(data.get("root", "")), {}, str(data.get("created_at", "")), list(data.get("excludes", []))).with_entries(
-        entries
-    )
+    header = Manifest(Path(data.get("root", "")), {}, str(data.get("created_at", "")), list(data.get("excludes", [])))
+    return header.with_entries(entries)
 
 
 @dataclass
@@ -613,9 +620,10 @@ def verify(
         manifest = load_manifest(manifest)
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory")
-    result = check_entries(root, manifest.entries.values(), workers=workers, progress=progress,
-                           progress_interval_s=progress_interval_s, drop_cache=drop_cache)
-    return result
+    return check_entries(
+        root, manifest.entries.values(), workers=workers, progress=progress,
+        progress_interval_s=progress_interval_s, drop_cache=drop_cache,
+    )
 
 
 def check_entries(
@@ -626,15 +634,9 @@ def check_entries(
     progress: Progress | None = None,
     progress_interval_s: float = PROGRESS_INTERVAL_S,
     drop_cache: bool = False,
-    known: Mapping[str, str] | None = None,
 ) -> VerifyResult:
-    """Compare files under ``root`` with ``entries``: size first (free), then sha256.
-
-    ``known`` holds hashes already computed in this run (path -> sha256), reused
-    instead of reading the file again.
-    """
+    """Compare files under ``root`` with ``entries``: size first (free), then sha256."""
     entries = list(entries)
-    known = known or {}
     missing, mismatched, reasons = [], [], {}
     to_hash: list[Entry] = []
     for entry in entries:
@@ -647,24 +649,21 @@ def check_entries(
             mismatched.append(entry.path)
             reasons[entry.path] = f"cannot stat: {exc.strerror}"
             continue
-        if not _is_regular(st):
+        if not stat.S_ISREG(st.st_mode):
             mismatched.append(entry.path)
             reasons[entry.path] = "not a regular file"
         elif st.st_size != entry.size:
             mismatched.append(entry.path)
             reasons[entry.path] = f"size {st.st_size}, manifest says {entry.size}"
-        elif entry.path in known:
-            if known[entry.path] != entry.sha256:
-                mismatched.append(entry.path)
-                reasons[entry.path] = "sha256 differs from the manifest"
         else:
             to_hash.append(entry)
     outcome = hash_files(
         root, [(e.path, e.size) for e in to_hash], workers=workers, progress=progress,
         progress_interval_s=progress_interval_s, drop_cache=drop_cache,
     )
+    vanished = set(outcome.vanished)
     for entry in to_hash:
-        if entry.path in outcome.vanished:
+        if entry.path in vanished:
             missing.append(entry.path)
         elif entry.path in outcome.errors:
             mismatched.append(entry.path)
@@ -675,12 +674,6 @@ def check_entries(
     missing.sort()
     mismatched.sort()
     return VerifyResult(not missing and not mismatched, len(entries), mismatched, missing, reasons)
-
-
-def _is_regular(st: os.stat_result) -> bool:
-    import stat as stat_module
-
-    return stat_module.S_ISREG(st.st_mode)
 
 
 # -- the DuckDB cache ---------------------------------------------------------

@@ -305,7 +305,8 @@ def run_rsync(
             transferred[_unescape(match.group(2))] = int(match.group(1))
         elif match := _PROGRESS2.match(line):
             done, pct, rate, eta = match.group(1, 2, 3, 4)
-            last_progress = f"rsync: {_gb(int(done.replace(',', '')))} ({pct}%) at {rate}, eta {eta}, {len(transferred)} files so far"
+            copied = _gb(int(done.replace(",", "")))
+            last_progress = f"rsync: {copied} ({pct}%) at {rate}, eta {eta}, {len(transferred)} files so far"
         elif match := _STAT_LINE.match(line):
             key = match.group(1).lower().replace(" ", "_")
             stats[key] = int(match.group(2).replace(",", ""))
@@ -502,7 +503,10 @@ def _make_snapshot(
     report.rsync_stats = result.stats
     report.files_transferred = len(result.transferred)
     report.bytes_transferred = sum(result.transferred.values())
-    log(f"rsync exit {result.exit_code}: {report.files_transferred} files, {_gb(report.bytes_transferred)} transferred in {result.seconds:.1f} s")
+    log(
+        f"rsync exit {result.exit_code}: {report.files_transferred} files, {_gb(report.bytes_transferred)} "
+        f"transferred in {result.seconds:.1f} s"
+    )
     kept = f"the previous snapshot {previous.name} is untouched" if previous else "there is no earlier snapshot"
     if result.exit_code not in (0, RSYNC_VANISHED):
         tail = "\n".join(result.stderr.splitlines()[-12:]) or "(rsync printed nothing on stderr)"
@@ -520,7 +524,9 @@ def _make_snapshot(
             f"the next run resumes the incomplete copy in {work}.\nrsync said:\n{tail}"
         )
     if result.exit_code == RSYNC_VANISHED:
-        report.warnings.append("rsync exit 24: files vanished from the source while it ran (they are left out of this snapshot)")
+        report.warnings.append(
+            "rsync exit 24: files vanished from the source while it ran (they are left out of this snapshot)"
+        )
 
     state = _read_scrub_state(root)
     verification, added_entries = _verify(
@@ -551,7 +557,9 @@ def _make_snapshot(
     os.rename(work, root / name)
     _fsync_dir(root)
     log(f"snapshot {name} verified and in place")
-    atomic_write_json(root / SCRUB_STATE, {"runs": state["runs"] + 1, "last_slice": verification.scrub_slice, "slices": scrub_runs})
+    atomic_write_json(
+        root / SCRUB_STATE, {"runs": state["runs"] + 1, "last_slice": verification.scrub_slice, "slices": scrub_runs}
+    )
 
     for old in list_snapshots(root.parent)[: -max(1, keep_snapshots)]:
         try:
@@ -563,7 +571,9 @@ def _make_snapshot(
     report.message = _summary(report)
 
 
-def _check_space(root: Path, manifest: Manifest, previous: Manifest | None, resumed_data: Path | None, previous_dir: Path | None) -> None:
+def _check_space(
+    root: Path, manifest: Manifest, previous: Manifest | None, resumed_data: Path | None, previous_dir: Path | None
+) -> None:
     """Refuse before copying anything when the volume cannot hold the new and changed files.
 
     A lower bound (file systems round up to blocks), so rsync can still run out:
@@ -787,7 +797,8 @@ def _scrub(
 
     outcome: dict[str, str] = {}
     if tasks:
-        with ThreadPoolExecutor(max_workers=min(default_workers(workers), len(tasks)), thread_name_prefix="scrub") as pool:
+        threads = min(default_workers(workers), len(tasks))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scrub") as pool:
             for rel, problem in pool.map(compare, tasks):
                 if problem and rel not in outcome:
                     outcome[rel] = problem
@@ -824,7 +835,9 @@ def _scrub(
             continue  # written copies were judged against the manifest already
         if copy_sha is not None and src_sha == good and _copy_verified(source / rel, work_data / rel, good):
             v.repaired.append(rel)
-            v.reasons[rel] = "backup copy differed from the manifest (bit rot); replaced in this snapshot by a verified copy"
+            v.reasons[rel] = (
+                "backup copy differed from the manifest (bit rot); replaced in this snapshot by a verified copy"
+            )
         else:
             v.mismatched.append(rel)
             v.reasons[rel] = "backup copy differs from the manifest and the source cannot replace it"
@@ -1002,7 +1015,8 @@ def restore(
         restored.append(entry.path)
         restored_bytes += entry.size
         log(f"restored {entry.path} ({_gb(entry.size)})")
-    return RestoreReport(snap.name, str(target_root), path, restored, unchanged, restored_bytes, round(time.monotonic() - started, 3))
+    seconds = round(time.monotonic() - started, 3)
+    return RestoreReport(snap.name, str(target_root), path, restored, unchanged, restored_bytes, seconds)
 
 
 def _select(manifest: Manifest, path: str | None, target_root: Path, snapshot: str) -> list[Entry]:
@@ -1057,7 +1071,9 @@ def backup_store(
         )
     except ManifestError as exc:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        report = BackupReport(str(source), str(cfg.destination), now, finished_at=now, message=f"manifest failed: {exc}")
+        report = BackupReport(
+            str(source), str(cfg.destination), now, finished_at=now, message=f"manifest failed: {exc}"
+        )
     else:
         report = backup(
             source, cfg.destination, built.manifest, marker_file=cfg.marker_file, keep_snapshots=cfg.keep_snapshots,
@@ -1070,40 +1086,42 @@ def backup_store(
 
 
 def record_backup_run(history_file: Path, report: BackupReport, run_id: str) -> None:
+    """One row in ``backup_runs`` per run, whatever its outcome (a re-executed run replaces its row)."""
     from idp_ops.core import history
 
     v = report.verification or Verification()
+    verified = report.verification is not None
+    row = {
+        "run_id": run_id,
+        "started_at": report.started_at,
+        "finished_at": report.finished_at or report.started_at,
+        "source": report.source,
+        "destination": report.destination,
+        "snapshot": report.snapshot,
+        "status": report.status,
+        "message": report.message,
+        "rsync_exit": report.rsync_exit,
+        "files_total": report.files_total,
+        "bytes_total": report.bytes_total,
+        "files_transferred": report.files_transferred,
+        "bytes_transferred": report.bytes_transferred,
+        "duration_s": report.duration_s,
+        "verified_files": v.checked_files,
+        "verified_bytes": v.checked_bytes,
+        "scrub_slice": v.scrub_slice if verified else None,
+        "scrub_slices": v.scrub_slices if verified else None,
+        "scrubbed_files": v.scrubbed_files,
+        "scrub_bytes": v.scrubbed_bytes,
+        "mismatched": v.mismatched,
+        "missing": v.missing,
+        "source_corrupt": v.source_corrupt,
+        "repaired": v.repaired,
+        "vanished": v.vanished,
+        "pruned": report.pruned,
+        "ok": report.ok,
+    }
     with history.connect(history_file) as con:
         con.execute(
-            """INSERT OR REPLACE INTO backup_runs VALUES (
-                ?, ?::TIMESTAMPTZ, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                run_id,
-                report.started_at,
-                report.finished_at or report.started_at,
-                report.source,
-                report.destination,
-                report.snapshot,
-                report.status,
-                report.message,
-                report.rsync_exit,
-                report.files_total,
-                report.bytes_total,
-                report.files_transferred,
-                report.bytes_transferred,
-                report.duration_s,
-                v.checked_files,
-                v.checked_bytes,
-                v.scrub_slice if report.verification else None,
-                v.scrub_slices if report.verification else None,
-                v.scrubbed_files,
-                v.scrubbed_bytes,
-                v.mismatched,
-                v.missing,
-                v.source_corrupt,
-                v.repaired,
-                v.vanished,
-                report.pruned,
-                report.ok,
-            ],
+            f"INSERT OR REPLACE INTO backup_runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+            list(row.values()),
         )

@@ -24,15 +24,19 @@ T0 = datetime(2026, 3, 1, 6, 0, tzinfo=timezone.utc)
 
 
 def test_cpu_probe_is_plausible_and_stable_within_15_percent_across_three_runs():
-    # 256 MB is 8x this machine's L3, so DRAM is read; best-of-10 inside each run
-    # discards the repeats that met other tests running on the 2 cores.
-    runs = [measure_cpu_bandwidth(256, repeats=10) for _ in range(3)]
+    # 256 MB is 8x this machine's L3, so DRAM is read; best-of-10 inside each run discards
+    # the repeats that met interference. One thread: on this 2-core VM, with other test
+    # processes running, an all-threads run measures the neighbours as much as the memory
+    # (seen here: 19.8-27.8 GB/s across three runs, while one thread stays within ~7 %).
+    runs = [measure_cpu_bandwidth(256, threads=1, repeats=10) for _ in range(3)]
     reads = [r.read_gbs for r in runs]
     median = statistics.median(reads)
     # DRAM: more than one DDR3 channel's worth, less than any HBM stack.
     assert all(1.0 < r < 2000.0 for r in reads), reads
     assert all(abs(r - median) / median <= 0.15 for r in reads), reads
-    assert all(r.copy_gbs > 0 and len(r.runs_read_gbs) == 10 for r in runs)
+    assert all(r.copy_gbs > 0 and len(r.runs_read_gbs) == 10 and r.threads == 1 for r in runs)
+    everything = measure_cpu_bandwidth(256, repeats=5)  # all cores: plausible, stability not asserted
+    assert 1.0 < everything.read_gbs < 2000.0 and everything.threads >= 1
 
 
 def test_newest_measured_rows_become_the_bandwidth_the_ceilings_use(tmp_path):
@@ -90,3 +94,12 @@ def test_measured_bandwidth_replaces_the_datasheet_in_an_endpoint_ceiling(tmp_pa
 )
 def test_gpu_probe_says_none_without_a_cuda_array_library():
     assert measure_gpu_bandwidth(8) is None
+
+
+def test_a_noisy_all_threads_run_never_lowers_the_bandwidth_below_one_thread(tmp_path):
+    history = tmp_path / "history.duckdb"
+    record_bandwidth(
+        history, [BandwidthRow("cpu", 1, 25.0, 20.0, "measured"), BandwidthRow("cpu", 2, 19.0, 18.0, "measured")],
+        measured_at=T0,
+    )  # fmt: skip
+    assert latest_measured_bandwidth(history) == MeasuredBandwidth(25.0, 25.0, None)

@@ -171,6 +171,11 @@ class FakeServer:
                 write(_event({"content": "x", "stop": False}))
                 flush()
             # the socket closes without the final stop event
+        elif mode == "openai_truncated":
+            for _ in range(3):
+                write(_event(_text_chunk("x")))
+                flush()
+            # closes without usage or [DONE]
         elif mode == "stream_error":
             write(_event({"error": {"code": 500, "message": "context overflow"}}))
             flush()
@@ -220,6 +225,7 @@ def test_poisson_arrivals_keep_the_concurrency_cap():
         ("http_500", "openai", "http_5xx"),
         ("http_500", "llamacpp", "http_5xx"),
         ("llamacpp_truncated", "llamacpp", "server_stopped"),
+        ("openai_truncated", "openai", "server_stopped"),
         ("stream_error", "llamacpp", "stream_error"),
     ],
 )

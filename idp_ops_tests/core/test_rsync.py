@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import filecmp
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -143,8 +144,20 @@ def test_snapshots_link_unchanged_files_transfer_only_changes_and_pass_sha256sum
     assert not (new / "notes.tmp").exists()
     assert not (dest / SNAPSHOTS / IN_PROGRESS).exists()
 
-    check = subprocess.run(["sha256sum", "--check", "--strict", "../SHA256SUMS"], cwd=new, capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "../SHA256SUMS"], cwd=new, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_long_passes_log_progress(store, dest):
+    (store / "big.gguf").write_bytes(os.urandom(8 * 1024 * 1024))
+    lines: list[str] = []
+    report = run_backup(store, dest, log=lines.append, progress_interval_s=0.0)
+    assert report.status == "ok"
+    assert any(re.match(r"rsync: \d+\.\d+ GB \(\d+%\) at ", line) for line in lines), lines
+    assert any(line.startswith("hashed ") and "MB/s" in line for line in lines), lines
+    assert any(line.startswith(f"snapshot {report.snapshot} verified") for line in lines)
 
 
 def test_a_flipped_bit_in_a_backup_copy_is_named_and_the_scrub_replaces_it(store, dest):
@@ -176,7 +189,7 @@ def test_a_deleted_file_in_the_backup_is_reported_missing(store, dest):
 
 
 def test_bit_rot_on_the_source_with_unchanged_mtime_is_caught_by_the_scrub(store, dest):
-    first = run_backup(store, dest, scrub_runs=1)
+    assert run_backup(store, dest, scrub_runs=1).status == "ok"
     flip_bit(store / "llama/model-00001.gguf", 123_456)  # size and mtime_ns put back
 
     # Neither the cache nor rsync can see it: the stat is unchanged.
@@ -217,7 +230,8 @@ def test_a_copy_that_does_not_match_the_manifest_is_not_promoted_and_the_next_ru
 
     assert failed.status == "failed" and failed.snapshot is None
     assert failed.verification.mismatched == ["qwen/tokenizer.json"]
-    assert "MISMATCH qwen/tokenizer.json" in failed.message and f"previous snapshot {first.snapshot} is untouched" in failed.message
+    assert "MISMATCH qwen/tokenizer.json" in failed.message
+    assert f"previous snapshot {first.snapshot} is untouched" in failed.message
     assert [s.name for s in list_snapshots(dest)] == [first.snapshot]
     assert verify_snapshot(dest, first.snapshot).ok
     work = dest / SNAPSHOTS / IN_PROGRESS / DATA

@@ -30,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -329,6 +330,7 @@ def main() -> int:
 
             log("tearing the private stack down")
             compose_project(settings).down(timeout=5)
+            shutil.rmtree(settings.home, ignore_errors=True)  # its keys go with it
     if not args.skip_capacity:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
         log(f"client capacity against a local {args.interval_ms:g} ms/token SSE server: concurrency {levels}")

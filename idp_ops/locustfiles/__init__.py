@@ -1,7 +1,9 @@
 """Locust user classes for the box's endpoints, run by ``idp_ops.core.loadtest`` in a subprocess.
 
-Nothing here is imported by the rest of the package: Locust monkey-patches the
-process it runs in with gevent, so it only ever runs as its own ``locust`` process.
+Never import ``inference`` into a process of ours: importing locust runs gevent's
+``monkey.patch_all()`` on the importing process (sockets, threads, ssl), which breaks
+httpx, Dagster and DuckDB there. It only ever runs as its own ``locust`` process; this
+package exports nothing but the file's path.
 """
 
 from pathlib import Path

@@ -89,19 +89,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _load_test_defaults(args: argparse.Namespace) -> dict:
-    """users / spawn_rate / run_time_s: the command line, else settings (if they carry them), else the plan's."""
-    defaults = {"users": 10, "spawn_rate": 2.0, "run_time_s": 600.0}
-    try:
-        from idp_ops.config import load_settings
+    """users / spawn_rate / run_time_s / wait_scale from settings.validation (the nightly's own figures)."""
+    from idp_ops.config import load_settings
 
-        configured = getattr(load_settings(args.config), "load_test", None)
-    except Exception:  # noqa: BLE001 - a URL target needs no settings; bad settings fail elsewhere
-        configured = None
-    for name in defaults:
-        value = getattr(configured, name, None) if configured is not None else None
-        if value is not None:
-            defaults[name] = value
-    return defaults
+    validation = load_settings(args.config).validation
+    return {
+        "users": validation.load_users,
+        "spawn_rate": validation.load_spawn_rate,
+        "run_time_s": validation.load_run_time_s,
+        "wait_scale": validation.load_wait_scale,
+    }
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
@@ -129,6 +126,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         run_time_s=run_time_s,
         csv_dir=csv_dir,
         timeout_s=args.timeout,
+        wait_scale=defaults["wait_scale"],
     )
 
     def human(d: dict) -> str:

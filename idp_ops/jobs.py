@@ -81,9 +81,18 @@ thermal_ingest_job = define_asset_job(
 
 reports_job = define_asset_job(
     "reports_job",
-    selection=AssetSelection.groups("physics", "reports"),
-    description="Measure memory bandwidth, recompute the throughput ceilings, the performance/thermal trends and the "
-    "ROI report (plots in the UI, report.html in the data dir).",
+    # The inventory is a cheap header read; downloads stay in models_job (they hash what is present).
+    selection=AssetSelection.groups("physics", "reports") | AssetSelection.assets("model_files"),
+    description="Re-read the model inventory, measure memory bandwidth, recompute the throughput ceilings, the "
+    "performance/thermal trends and the ROI report (plots in the UI, report.html in the data dir).",
+    executor_def=in_process_executor,
+)
+
+
+models_job = define_asset_job(
+    "models_job",
+    selection=AssetSelection.groups("models"),
+    description="Download the models declared in settings (resumable, sha256-verified) and re-read the inventory.",
     executor_def=in_process_executor,
 )
 
@@ -103,6 +112,7 @@ jobs = [
     deploy_job,
     containment_job,
     nightly_validation_job,
+    models_job,
     weekly_backup_job,
     restore_job,
     thermal_ingest_job,

@@ -4,18 +4,52 @@ from dagster import AssetKey
 
 from idp_ops.definitions import defs
 
+ASSETS = {
+    "api_keys", "compose_audit", "stack_deployment",                      # deploy
+    "benchmark_results", "load_test_results",                             # nightly validation
+    "model_downloads", "model_files", "model_manifest", "model_backup",  # models and backups
+    "thermal_log",                                                        # thermal watch
+    "memory_bandwidth", "throughput_ceilings", "performance_trend", "roi_report",  # physics and reports
+}
+CHECKS = {
+    ("compose_audit", "no_high_findings"),
+    ("benchmark_results", "ttft_p50"),
+    ("benchmark_results", "ttft_p95"),
+    ("benchmark_results", "decode_throughput"),
+    ("benchmark_results", "success_at_concurrency"),
+    ("benchmark_results", "auth_enforced"),
+    ("benchmark_results", "gpu_utilization"),
+    ("load_test_results", "no_failed_requests"),
+    ("model_files", "no_findings"),
+    ("model_backup", "backup_verified"),
+    ("model_backup", "scrub_clean"),
+    ("model_backup", "file_count_matches"),
+    ("thermal_log", "samples_are_fresh"),
+    ("throughput_ceilings", "criteria_attainable"),
+    ("performance_trend", "no_performance_regression"),
+}
+JOBS = {
+    "deploy_job", "containment_job", "nightly_validation_job", "models_job", "weekly_backup_job", "restore_job",
+    "thermal_ingest_job", "reports_job",
+}
+SCHEDULES = {
+    ("nightly_validation_schedule", "0 2 * * *"),
+    ("weekly_backup_schedule", "0 3 * * 0"),
+    ("thermal_ingest_schedule", "*/15 * * * *"),
+    ("reports_schedule", "0 6 * * *"),
+}
 
-def test_code_location_resolves_with_expected_assets_checks_and_jobs():
+
+def test_code_location_resolves_with_expected_assets_checks_jobs_schedules_and_sensors():
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "api_keys",
-        "compose_audit",
-        "stack_deployment",
-    }
-    assert {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys} == {
-        ("compose_audit", "no_high_findings")
-    }
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"deploy_job", "containment_job"}
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == ASSETS
+    assert {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys} == CHECKS
+    assert {job.name for job in defs.resolve_all_job_defs()} - {"__ASSET_JOB"} == JOBS
+    assert {(s.name, s.cron_schedule) for s in defs.schedules} == SCHEDULES
+    assert all(s.default_status.value == "RUNNING" for s in defs.schedules)
+    (sensor,) = defs.sensors
+    assert sensor.name == "thermal_sensor" and sensor.default_status.value == "RUNNING"
+    assert sensor.job_name == "containment_job"
 
 
 def test_deploy_job_runs_keys_then_audit_then_deployment():
@@ -32,3 +66,13 @@ def test_containment_job_runs_in_process_without_queue_tags():
     job = defs.resolve_job_def("containment_job")
     assert job.executor_def.name == "in_process"
     assert "idp_ops/stack" not in job.tags
+
+
+def test_jobs_select_their_domains():
+    def keys(job_name):
+        return {k.to_user_string() for k in defs.resolve_job_def(job_name).asset_layer.executable_asset_keys}
+
+    assert keys("deploy_job") == {"api_keys", "compose_audit", "stack_deployment"}
+    assert keys("nightly_validation_job") == {"benchmark_results", "load_test_results"}
+    assert keys("weekly_backup_job") == {"model_manifest", "model_backup"}
+    assert "model_files" in keys("reports_job") and "model_downloads" not in keys("reports_job")

@@ -47,12 +47,12 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-lock_stamp=".venv/.requirements.lock.sha256"
-lock_sum="$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+lock_stamp=".venv/.requirements.txt.sha256"
+lock_sum="$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$lock_stamp" 2>/dev/null)" != "$lock_sum" ]; then
   log "installing locked Python dependencies"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q -r requirements.txt
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$lock_sum" >"$lock_stamp"
 fi

@@ -16,6 +16,7 @@ read timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -340,10 +341,9 @@ def _fetch(spec, target, part, handle, client, headers, result, finish, log, rep
 
 def _keep_or_drop(handle, part: Path, offset: int) -> str:
     """After a failure: keep real bytes for the next run to resume, drop an empty partial."""
-    try:
+    # Best effort: the failure being reported may be the disk itself.
+    with contextlib.suppress(OSError):
         handle.flush()
-    except OSError:
-        pass
     if offset:
         return f"; {_size(offset)} kept in {part.name} to resume"
     part.unlink(missing_ok=True)
@@ -375,8 +375,8 @@ def _fsync_dir(directory: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        # Some filesystems refuse fsync on a directory; the rename itself is already done.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)

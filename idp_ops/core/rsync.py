@@ -25,12 +25,14 @@ Verification after rsync, cheapest first:
   * every file written in this run (transferred by rsync, or otherwise not a hard
     link into the previous snapshot, e.g. left by a failed run being resumed) is
     hashed at the destination and compared with the manifest;
-  * the scrub: a rotating slice of the store, ``1/scrub_runs`` of its files,
-    re-hashed on both sides without any cache. It catches what size+mtime cannot:
-    bit rot on the source (the manifest cache and rsync both trust the stat) and
-    on the backup copy (hard-linked from snapshot to snapshot, never re-read by
-    rsync). A rotten backup copy whose source is good is replaced in the new
-    snapshot by a fresh verified copy and reported.
+  * the scrub: a rotating slice, ``1/scrub_runs`` of the store's bytes (a byte range
+    of each big file, small files whole), re-read on both sides without any cache.
+    It catches what size+mtime cannot: bit rot on the source (the manifest cache and
+    rsync both trust the stat) and on the backup copy (hard-linked from snapshot to
+    snapshot, never re-read by rsync). The two copies are compared byte for byte
+    (memory speed); where they differ both are sha256-hashed against the manifest
+    to name the rotten side. A rotten backup copy whose source is good is replaced
+    in the new snapshot by a fresh verified copy and reported.
 """
 
 from __future__ import annotations
@@ -186,8 +188,8 @@ def _new_snapshot_name(root: Path, started: datetime, latest: Path | None) -> st
 
 
 def scrub_slice_of(path: str, slices: int) -> int:
-    """Which scrub slice a file belongs to: a hash of its path, so adding or removing
-    files never moves the others and every file is re-read once every ``slices`` runs."""
+    """Which scrub slice a small file belongs to (big ones are split, see scrub_ranges):
+    a hash of its path, so adding or removing files never moves the others."""
     return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") % slices
 
 

@@ -17,6 +17,7 @@ clocks in MHz.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import re
@@ -122,16 +123,17 @@ def as_utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+# Unix epoch seconds as a log writes them; "inf"/"nan" included so they are refused by name.
+_EPOCH_SECONDS = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$", re.I)
+
+
 def parse_timestamp(text: str) -> datetime:
     """ISO 8601 (``date -Iseconds``, ``...Z``, naive = UTC) or Unix epoch seconds."""
     text = text.strip()
     if not text:
         raise ValueError("empty timestamp")
-    try:
+    if _EPOCH_SECONDS.match(text):
         seconds = float(text)
-    except ValueError:
-        pass
-    else:
         if not math.isfinite(seconds):
             raise ValueError(f"timestamp {text!r} is not finite")
         return datetime.fromtimestamp(seconds, UTC)
@@ -459,10 +461,9 @@ class NvmlSource:
     def close(self) -> None:
         if self._open:
             self._open = False
-            try:
+            # Shutting down a library whose driver is already gone is not a new failure.
+            with contextlib.suppress(_nvml_error_class(self._nvml)):
                 self._nvml.nvmlShutdown()
-            except _nvml_error_class(self._nvml):
-                pass
 
     def __enter__(self) -> NvmlSource:
         return self

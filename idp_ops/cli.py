@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Domain command modules: each has register(subparsers, common_parent) and
-# ERRORS, the exception types it raises for "cannot run" (exit 2).
+# errors(), the exception types it raises for "cannot run" (exit 2), imported only
+# when one is raised so that every command starts fast.
 DOMAIN_COMMAND_MODULES: list[str] = ["idp_ops.cli_models", "idp_ops.cli_thermal", "idp_ops.cli_backup", "idp_ops.cli_physics", "idp_ops.cli_bench"]
 
 
@@ -186,24 +187,30 @@ def _domain_modules():
     return [importlib.import_module(name) for name in DOMAIN_COMMAND_MODULES]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _cannot_run_errors() -> tuple[type[Exception], ...]:
     from idp_ops.core.audit import ComposeFileError
     from idp_ops.core.compose import ComposeError
     from idp_ops.core.probe import ProbeError
     from idp_ops.core.secrets import SecretsError
-    from idp_ops.core.stack import DeployError
 
+    own = (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, CommandError, OSError)
+    return own + tuple(error for module in _domain_modules() for error in module.errors())
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cannot_run = (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, CommandError, OSError)
-    cannot_run += tuple(error for module in _domain_modules() for error in getattr(module, "ERRORS", ()))
     try:
         return args.func(args)
-    except DeployError as exc:
-        print(f"idp-ops: {exc}", file=sys.stderr)
-        return 1
-    except cannot_run as exc:
-        print(f"idp-ops: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        from idp_ops.core.stack import DeployError
+
+        if isinstance(exc, DeployError):
+            print(f"idp-ops: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, _cannot_run_errors()):
+            print(f"idp-ops: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

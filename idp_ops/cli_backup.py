@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from idp_ops.core.history import HistoryError
-from idp_ops.core.manifest import ManifestError
-from idp_ops.core.rsync import BackupError, RestoreError
 
-ERRORS = (ManifestError, BackupError, RestoreError, HistoryError)
+def errors() -> tuple[type[Exception], ...]:
+    from idp_ops.core.history import HistoryError
+    from idp_ops.core.manifest import ManifestError
+    from idp_ops.core.rsync import BackupError, RestoreError
+
+    return (ManifestError, BackupError, RestoreError, HistoryError)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:

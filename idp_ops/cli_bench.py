@@ -11,10 +11,12 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from idp_ops.core.bench import BenchError
-from idp_ops.core.loadtest import LoadTestError
 
-ERRORS = (BenchError, LoadTestError)
+def errors() -> tuple[type[Exception], ...]:
+    from idp_ops.core.bench import BenchError
+    from idp_ops.core.loadtest import LoadTestError
+
+    return (BenchError, LoadTestError)
 
 
 @dataclass

@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from idp_ops.core.gguf_meta import ModelScanError
-
-
 
 class UnknownModelError(LookupError):
     """--name named no declared download (exit 2).
@@ -21,7 +18,10 @@ class UnknownModelError(LookupError):
     """
 
 
-ERRORS = (ModelScanError, UnknownModelError)
+def errors() -> tuple[type[Exception], ...]:
+    from idp_ops.core.gguf_meta import ModelScanError
+
+    return (ModelScanError, UnknownModelError)
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:

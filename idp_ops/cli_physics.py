@@ -3,9 +3,11 @@
 import argparse
 from pathlib import Path
 
-from idp_ops.core.physics import PhysicsError
+from idp_ops.core.physics import PhysicsError  # light: dataclasses only
 
-ERRORS = (PhysicsError,)
+
+def errors() -> tuple[type[Exception], ...]:
+    return (PhysicsError,)
 
 
 def _model_facts(path: Path) -> dict:

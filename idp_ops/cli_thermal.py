@@ -3,10 +3,12 @@
 import argparse
 from pathlib import Path
 
-from idp_ops.core.history import HistoryError
-from idp_ops.core.telemetry import TelemetryError
 
-ERRORS = (TelemetryError, HistoryError)
+def errors() -> tuple[type[Exception], ...]:
+    from idp_ops.core.history import HistoryError
+    from idp_ops.core.telemetry import TelemetryError
+
+    return (TelemetryError, HistoryError)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -214,7 +214,7 @@ class HistoryError(RuntimeError):
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring the schema up to date; returns the version it is at."""
     con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)")
-    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
     for version, statements in MIGRATIONS:
         if version <= current:
             continue

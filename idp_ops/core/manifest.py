@@ -24,6 +24,8 @@ so the manifest lists exactly what a backup with the same excludes copies.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -329,10 +331,9 @@ def hash_files(
         for _ in range(len(tasks)):
             future = None
             while future is None:
-                try:
+                # A timeout is the moment to report progress and flush the cache, not an error.
+                with contextlib.suppress(queue.Empty):
                     future = results.get(timeout=max(0.05, min(next_report, next_flush) - time.monotonic()))
-                except queue.Empty:
-                    pass
                 now = time.monotonic()
                 for rel, sha, st, problem in future.result() if future is not None else ():
                     if sha is not None:

@@ -130,6 +130,15 @@ def _gb(n: float) -> str:
 # -- the destination ----------------------------------------------------------
 
 
+def _same_stat(path: Path, entry) -> bool:
+    """Whether ``path`` exists with the entry's size and mtime (a missing file is simply not the same)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
+
+
 def check_destination(destination: Path, marker_file: str) -> str:
     """Return why ``destination`` is trusted as the backup volume ("mount point" or
     "marker file"), or raise DestinationRefused. Never fill the root disk because
@@ -587,13 +596,8 @@ def _check_space(
         before = previous.entries.get(entry.path) if previous else None
         if before and (before.size, before.mtime_ns) == (entry.size, entry.mtime_ns):
             continue  # rsync hard-links it
-        if resumed_data is not None:
-            try:
-                st = os.stat(resumed_data / entry.path)
-                if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
-                    continue  # already copied by the run being resumed
-            except OSError:
-                pass
+        if resumed_data is not None and _same_stat(resumed_data / entry.path, entry):
+            continue  # already copied by the run being resumed
         needed += entry.size
         files += 1
         if largest is None or entry.size > largest.size:

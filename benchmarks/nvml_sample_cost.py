@@ -37,6 +37,7 @@ SMI_QUERY = [
     "--format=csv,noheader,nounits",
 ]
 REPORT_CANDIDATES = [
+    REPO / "idp_ops_tests" / "fixtures" / "h200_nvml_report.json",
     REPO.parent / "shared" / "fixtures" / "h200_nvml_report.json",
     REPO / "shared" / "fixtures" / "h200_nvml_report.json",
 ]

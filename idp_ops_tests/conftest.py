@@ -116,3 +116,6 @@ def cpu_stack_settings(home: Path, models_dir: Path, image: str, project: str) -
             },
         ],
     }
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"

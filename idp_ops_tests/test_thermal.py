@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
@@ -20,11 +19,9 @@ from idp_ops.core.telemetry import CsvReplaySource
 from idp_ops.core.thermal_watch import Spool
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
-from idp_ops_tests.conftest import cpu_stack_settings, write_settings
+from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
 
-TRACE = Path("/work/shared/fixtures/h200_trace.csv")
-if not TRACE.exists():
-    TRACE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "h200_trace.csv"
+TRACE = FIXTURES / "h200_trace.csv"
 DAY = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
 
 

@@ -4,7 +4,6 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 
@@ -12,11 +11,9 @@ from idp_ops.config import load_settings
 from idp_ops.core.thermal_watch import Spool
 from idp_ops.resources import SettingsResource
 from idp_ops.sensors import thermal_sensor
-from idp_ops_tests.conftest import write_settings
+from idp_ops_tests.conftest import FIXTURES, write_settings
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "h200_trace.csv"
-if not TRACE.exists():  # the checkout's sibling in CI and in sessions
-    TRACE = Path("/work/shared/fixtures/h200_trace.csv")
+TRACE = FIXTURES / "h200_trace.csv"
 
 
 def thermal_settings(tmp_path, **thermal):

@@ -16,12 +16,10 @@ from pathlib import Path
 from idp_ops.config import REPO_ROOT, Settings, load_settings
 from idp_ops.core.secrets import ensure_keys
 from idp_ops.core.stack import compose_project, deploy, read_latch
-from idp_ops_tests.conftest import cpu_stack_settings, write_settings
+from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
 from idp_ops_tests.dagster_processes import Dagster
 
-FIXTURE_TRACE = Path("/work/shared/fixtures/h200_trace.csv")
-if not FIXTURE_TRACE.exists():
-    FIXTURE_TRACE = REPO_ROOT.parent / "shared" / "fixtures" / "h200_trace.csv"
+FIXTURE_TRACE = FIXTURES / "h200_trace.csv"
 
 
 @dataclass

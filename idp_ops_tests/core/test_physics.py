@@ -1,9 +1,10 @@
 """Ceilings against hand-computed cases (the plan's own) and a real H200 roofline."""
 
 import json
-from pathlib import Path
 
 import pytest
+
+from idp_ops_tests.conftest import FIXTURES
 
 from idp_ops.core.physics import (
     GB,
@@ -17,9 +18,7 @@ from idp_ops.core.physics import (
     single_stream_ceiling,
 )
 
-ROOFLINE = Path("/work/shared/fixtures/h200_decode_roofline.json")
-if not ROOFLINE.exists():
-    ROOFLINE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "h200_decode_roofline.json"
+ROOFLINE = FIXTURES / "h200_decode_roofline.json"
 
 
 def test_plans_8b_fp8_on_a_5070ti_is_89_6_tok_s():

@@ -37,7 +37,7 @@ from idp_ops.core.telemetry import (
     write_samples_csv,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TRACE = FIXTURES / "h200_trace.csv"
 REPORT = json.loads((FIXTURES / "h200_nvml_report.json").read_text())
 BASE = datetime(2025, 6, 1, tzinfo=UTC)

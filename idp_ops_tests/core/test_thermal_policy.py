@@ -13,7 +13,7 @@ from idp_ops.config import ThermalThresholds
 from idp_ops.core.telemetry import CsvReplaySource, DriverThresholds, Sample
 from idp_ops.core.thermal_policy import Decision, PolicyConfig, ThermalPolicy, replay
 
-TRACE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "h200_trace.csv"
+TRACE = Path(__file__).resolve().parents[1] / "fixtures" / "h200_trace.csv"
 BASE = datetime(2025, 6, 1, tzinfo=UTC)
 
 # The trace peaks at 59 C (35 C idle, 58-59 C plateau under load, 36-44 C in the cool-down),

@@ -174,7 +174,7 @@ def test_reports_job_and_its_daily_schedule_are_registered():
     job = defs.resolve_job_def("reports_job")
     assert job.executor_def.name == "in_process"
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
-    assert keys == {"memory_bandwidth", "throughput_ceilings", "performance_trend", "roi_report"}
+    assert keys == {"model_files", "memory_bandwidth", "throughput_ceilings", "performance_trend", "roi_report"}
     schedule = defs.resolve_schedule_def("reports_schedule")
     assert schedule.cron_schedule == "0 6 * * *" and schedule.job_name == "reports_job"
     assert schedule.default_status == DefaultScheduleStatus.RUNNING

@@ -13,9 +13,12 @@ from dagster import (
     asset,
 )
 
-from idp_ops.assets.tables import markdown_table as _table
+from idp_ops.assets.tables import markdown_table
 from idp_ops.core.audit import ComposeFileError, audit_compose_file, has_high
+from idp_ops.core.compose import ComposeError
+from idp_ops.core.probe import ProbeError
 from idp_ops.core.secrets import ensure_keys
+from idp_ops.core.stack import DeployError
 from idp_ops.resources import SettingsResource, StackResource
 
 GROUP = "stack"
@@ -76,7 +79,7 @@ def compose_audit(context: AssetExecutionContext, settings: SettingsResource) ->
         metadata={
             "compose_file": MetadataValue.path(str(cfg.compose_file)),
             "findings": MetadataValue.md(
-                _table([f.to_dict() for f in findings], ["severity", "service", "rule", "message"]) if findings else "No findings."
+                markdown_table([f.to_dict() for f in findings], ["severity", "service", "rule", "message"]) if findings else "No findings."
             ),
             "high": counts["high"],
             "medium": counts["medium"],
@@ -106,10 +109,6 @@ def compose_audit(context: AssetExecutionContext, settings: SettingsResource) ->
     description="The stack up and proven: every endpoint healthy, rejecting callers without a key, answering with one.",
 )
 def stack_deployment(context: AssetExecutionContext, stack: StackResource) -> MaterializeResult:
-    from idp_ops.core.compose import ComposeError
-    from idp_ops.core.probe import ProbeError
-    from idp_ops.core.stack import DeployError
-
     try:
         report = stack.deploy(log=context.log.info)
     except (DeployError, ComposeError, ProbeError) as exc:
@@ -117,9 +116,9 @@ def stack_deployment(context: AssetExecutionContext, stack: StackResource) -> Ma
     metadata = {
         "project": report.project,
         "compose_file": MetadataValue.path(report.compose_file),
-        "containers": MetadataValue.md(_table(report.services, ["service", "state", "health", "image", "image_id", "ports"])),
+        "containers": MetadataValue.md(markdown_table(report.services, ["service", "state", "health", "image", "image_id", "ports"])),
         "endpoints": MetadataValue.md(
-            _table(
+            markdown_table(
                 report.endpoints,
                 ["endpoint", "url", "health_status", "unauthenticated_status", "authenticated_status", "completion_ms"],
             )

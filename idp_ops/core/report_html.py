@@ -17,7 +17,7 @@ import html
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import matplotlib.dates as mdates
@@ -85,6 +85,10 @@ def plot_metric_trends(points, metrics: list[str], *, title: str = "") -> bytes 
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     axes[0].set_title(title or "nightly benchmark (dashed: rolling median, dotted: ceiling, red x: regression)", fontsize=10)
+    nights = points["night"]
+    if nights.min() == nights.max():
+        # One night: matplotlib would otherwise span years around a single date.
+        axes[0].set_xlim(nights.min() - timedelta(days=3), nights.max() + timedelta(days=3))
     fig.autofmt_xdate()
     return figure_png(fig)
 

@@ -1,5 +1,7 @@
 """Sensors: what acts without anyone watching."""
 
+import contextlib
+
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
 
 from idp_ops.config import SettingsError, load_settings
@@ -33,10 +35,9 @@ def _live_sources():
 
 def _drop_live_sources() -> None:
     for source in _live.pop("sources", []):
-        try:
+        # Closing a source whose driver is gone fails too; we are reopening anyway.
+        with contextlib.suppress(TelemetryError):
             source.close()
-        except TelemetryError:
-            pass  # closing a source whose driver is gone; we are reopening anyway
     _live.pop("skipped", None)
 
 

@@ -190,10 +190,11 @@ def _domain_modules():
 def _cannot_run_errors() -> tuple[type[Exception], ...]:
     from idp_ops.core.audit import ComposeFileError
     from idp_ops.core.compose import ComposeError
+    from idp_ops.core.demo_model import DemoModelError
     from idp_ops.core.probe import ProbeError
     from idp_ops.core.secrets import SecretsError
 
-    own = (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, CommandError, OSError)
+    own = (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, DemoModelError, CommandError, OSError)
     return own + tuple(error for module in _domain_modules() for error in module.errors())
 
 

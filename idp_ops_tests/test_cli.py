@@ -99,3 +99,13 @@ def test_invalid_settings_exit_2_naming_the_field(tmp_path):
 @pytest.mark.parametrize("argv", [["--help"], ["secrets", "--help"], ["audit-compose", "--help"]])
 def test_help_works(argv):
     assert idp_ops(*argv).returncode == 0
+
+
+def test_fetch_demo_refuses_to_overwrite_a_different_file(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    squatter = models / "gemma-3-270m-q4_k_m.gguf"
+    squatter.write_bytes(b"not the model")
+    result = idp_ops("models", "fetch-demo", env={"IDP_MODELS_DIR": str(models)})
+    assert result.returncode == 2 and "left untouched" in result.stderr and "Traceback" not in result.stderr
+    assert squatter.read_bytes() == b"not the model"

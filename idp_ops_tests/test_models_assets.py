@@ -10,38 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, materialize
-from gguf import GGUFWriter
 
 from idp_ops.assets.models import model_downloads, model_files
 from idp_ops.config import DEMO_MODEL_FILE, load_settings
 from idp_ops.core.gguf_meta import load_inventory
 from idp_ops.resources import SettingsResource
 
-from .conftest import write_settings
+from .conftest import tiny_gguf, write_settings
 from .core.test_downloads import server  # noqa: F401  (the Range-capable HTTP server fixture)
 
 pytestmark = pytest.mark.model
 
-
-def tiny_gguf(path: Path) -> bytes:
-    """A small but complete GGUF (header and data) written by the gguf package."""
-    writer = GGUFWriter(path, "llama")
-    writer.add_block_count(2)
-    writer.add_context_length(2048)
-    writer.add_embedding_length(32)
-    writer.add_head_count(4)
-    writer.add_file_type(1)  # MOSTLY_F16
-    for i in range(2):
-        writer.add_tensor(f"blk.{i}.attn_q.weight", np.ones((32, 32), dtype=np.float16))
-    writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path.read_bytes()
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, DefaultScheduleStatus, materialize
-from gguf import GGUFWriter
 
 from idp_ops.assets.physics import memory_bandwidth, throughput_ceilings
 from idp_ops.assets.reports import performance_trend, roi_report
@@ -22,7 +20,7 @@ from idp_ops.core.gguf_meta import record_scan, scan_models
 from idp_ops.core.physics import GB
 from idp_ops.resources import SettingsResource
 
-from .conftest import write_settings
+from .conftest import tiny_gguf, write_settings
 from .core.test_trends import nightly_history, seed_bench_runs, seed_thermal_hourly
 
 ASSETS = [memory_bandwidth, throughput_ceilings, performance_trend, roi_report]
@@ -31,22 +29,6 @@ RUN_CONFIG = {"ops": {"memory_bandwidth": {"config": {"buffer_mb": 32, "repeats"
 PNG_IN_MARKDOWN = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 PNG_IN_HTML = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
 
-
-def tiny_gguf(path: Path) -> None:
-    writer = GGUFWriter(path, "llama")
-    writer.add_block_count(2)
-    writer.add_context_length(2048)
-    writer.add_embedding_length(32)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_file_type(1)  # MOSTLY_F16
-    for i in range(2):
-        writer.add_tensor(f"blk.{i}.attn_q.weight", np.ones((32, 32), dtype=np.float16))
-    writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def box_settings(tmp_path: Path) -> Path:

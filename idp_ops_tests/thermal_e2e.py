@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import os
-import re
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from idp_ops.config import REPO_ROOT, Settings, load_settings
+from idp_ops.core.compose import container_time
 from idp_ops.core.secrets import ensure_keys
 from idp_ops.core.stack import compose_project, deploy, read_latch
 from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
@@ -47,13 +47,6 @@ def deploy_fresh(settings: Settings) -> None:
     deploy(settings)
 
 
-def _finished_at(container: str) -> datetime:
-    out = subprocess.run(
-        ["docker", "inspect", "--format", "{{.State.FinishedAt}}", container], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", out).replace("Z", "+00:00"))
-
-
 def wait_until_contained(settings: Settings, timeout_s: float, alive=lambda: None) -> ContainmentTiming:
     project = compose_project(settings)
     service = settings.gpu_services[0]
@@ -65,7 +58,7 @@ def wait_until_contained(settings: Settings, timeout_s: float, alive=lambda: Non
             alerts = [json.loads(line) for line in settings.alerts_log.read_text().splitlines()]
             contain = next(a for a in alerts if a["action"] == "contain")
             detected = datetime.fromisoformat(contain["timestamp"])
-            stopped = _finished_at(states[service].container)
+            stopped = container_time(states[service].container, "FinishedAt")
             return ContainmentTiming(detected, stopped, (stopped - detected).total_seconds(), contain)
         time.sleep(0.5)
     raise AssertionError(f"{service} still running after {timeout_s:.0f} s")

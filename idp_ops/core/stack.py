@@ -18,7 +18,7 @@ from idp_ops.core.compose import (
     ComposeProject,
     ServiceState,
     check_docker,
-    container_started_at,
+    container_time,
     image_id,
 )
 from idp_ops.core.fsutil import atomic_write_json
@@ -153,7 +153,7 @@ def services_with_stale_keys(settings: Settings, project: ComposeProject) -> lis
         service = endpoint.compose_service
         if not key_file or not service or service not in containers or not key_file.exists():
             continue
-        started = container_started_at(containers[service])
+        started = container_time(containers[service], "StartedAt")
         modified = datetime.fromtimestamp(key_file.stat().st_mtime, tz=timezone.utc)
         if started is not None and modified > started and service not in stale:
             stale.append(service)

@@ -71,24 +71,36 @@ def cmd_guard(args: argparse.Namespace) -> int:
     import threading
 
     from idp_ops.cli import progress
-    from idp_ops.config import load_settings
+    from idp_ops.core.last_good_settings import load_or_last_good
     from idp_ops.core.stack import contain
-    from idp_ops.core.thermal_watch import run_guard
+    from idp_ops.core.thermal_watch import alert_failed_attempt, run_guard
 
-    settings = load_settings(args.config)
+    settings, _ = load_or_last_good(args.config)
     log = progress(args)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    current = {"settings": settings}
 
-    def contain_now(decision) -> None:
+    def reload():
+        current["settings"], problem = load_or_last_good(args.config)
+        return current["settings"], problem
+
+    def contain_now(request) -> None:
+        decision = request.decision
         reading = {"device": decision.device, "temperature_c": decision.temperature_c,
-                   "sample_timestamp": decision.ts.isoformat()}
-        report = contain(settings, f"thermal guard: {decision.reason}", reading, log=log)
-        log(f"contained: stopped {report.stopped} in {report.stop_seconds:.2f} s; still running: {report.still_running}")
+                   "sample_timestamp": decision.ts.isoformat(), "episode": request.episode,
+                   "attempt": request.attempt}
+        active = current["settings"]
+        # Short in-process retries: the guard's own loop tries again on its next tick.
+        report = contain(active, f"thermal guard: {decision.reason}", reading, log=log,
+                         retry_for_s=min(active.thermal.contain_retry_s, 3 * active.thermal.guard_interval_s),
+                         on_failed_attempt=alert_failed_attempt(active, reading, "guard"))
+        log(f"contained: stopped {report.stopped} in {report.stop_seconds:.2f} s (attempt {report.attempts})")
 
     log(f"thermal guard: every {args.interval or settings.thermal.guard_interval_s} s; stops {settings.gpu_services}")
-    run_guard(settings, contain=contain_now, stop=stop, log=log, interval_s=args.interval, max_ticks=args.max_ticks)
+    run_guard(settings, contain=contain_now, stop=stop, log=log, interval_s=args.interval, max_ticks=args.max_ticks,
+              reload=reload)
     return 0
 
 

@@ -99,6 +99,9 @@ class ThermalThresholds(_Strict):
     # Replay a recorded trace instead of reading NVML (demos, tests); rows fed per tick.
     replay_csv: Path | None = None
     replay_rows_per_tick: int = Field(1, ge=1)
+    # A containment run retries a failed stop (dockerd restarting, compose erroring) this
+    # long before it fails; the sensor then launches a new attempt.
+    contain_retry_s: float = Field(120.0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> ThermalThresholds:

@@ -5,11 +5,17 @@ from typing import Optional
 
 from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, in_process_executor, job, op
 
+from idp_ops.core.stack import ContainmentError
 from idp_ops.resources import StackResource
 
-# Runs that change the stack queue behind each other (see dagster.yaml); containment
-# carries no such tag so it never waits behind a deploy.
-STACK_EXCLUSIVE_TAG = {"idp_ops/stack": "exclusive"}
+# The run queue (dagster.yaml) limits runs by these tags, not by a global cap:
+# - heavy runs (deploy, validation, downloads, backup, restore, reports) at most 2 at once
+#   on a 2-core box;
+# - runs that change the stack (deploy, validation) one at a time.
+# containment_job carries neither and the highest priority: it never waits in the queue.
+HEAVY_TAG = {"idp_ops/heavy": "true"}
+STACK_EXCLUSIVE_TAG = {"idp_ops/stack": "exclusive", **HEAVY_TAG}
+CONTAINMENT_TAGS = {"dagster/priority": "100"}
 
 deploy_job = define_asset_job(
     "deploy_job",
@@ -26,12 +32,26 @@ class ContainmentConfig(Config):
     device: Optional[str] = None
     temperature_c: Optional[float] = None
     sample_timestamp: Optional[str] = None
+    # Set by thermal_sensor: which episode and attempt this run is, and the last good
+    # settings to fall back to if the settings file stops loading meanwhile.
+    episode: Optional[str] = None
+    attempt: int = 1
+    settings_snapshot: Optional[str] = None
 
 
-@op(description="Stop the configured GPU services, verify they stopped, latch until re-armed by a deploy.")
+@op(description="Stop the configured GPU services, verify they stopped (retrying a failed stop), then latch "
+    "until re-armed by a deploy.")
 def stop_gpu_services(context: OpExecutionContext, config: ContainmentConfig, stack: StackResource):
-    reading = {k: v for k, v in config.model_dump().items() if k != "reason" and v is not None}
-    report = stack.contain(config.reason, reading, log=context.log.warning)
+    reading = {
+        k: v for k, v in config.model_dump().items() if k not in ("reason", "settings_snapshot") and v is not None
+    }
+    try:
+        report = stack.contain(
+            config.reason, reading, log=context.log.warning, settings_snapshot=config.settings_snapshot,
+            origin="containment_job",
+        )
+    except ContainmentError as exc:
+        raise Failure(description=str(exc), metadata={"reason": config.reason, "reading": reading}) from None
     metadata = {
         "reason": report.reason,
         "reading": report.reading,
@@ -39,14 +59,17 @@ def stop_gpu_services(context: OpExecutionContext, config: ContainmentConfig, st
         "still_running": report.still_running,
         "stop_seconds": report.stop_seconds,
         "contained_at": report.contained_at,
+        "attempts": report.attempts,
     }
-    if not report.ok:
-        raise Failure(description=f"GPU services still running after stop: {report.still_running}", metadata=metadata)
     context.log.warning(f"contained: {report.stopped} stopped in {report.stop_seconds:.2f} s; deploy again to re-arm")
     yield Output(report.as_dict(), metadata=metadata)
 
 
-@job(executor_def=in_process_executor, description="Stop the GPU service(s) before the card overheats.")
+@job(
+    executor_def=in_process_executor,
+    description="Stop the GPU service(s) before the card overheats.",
+    tags=CONTAINMENT_TAGS,
+)
 def containment_job():
     stop_gpu_services()
 
@@ -57,11 +80,13 @@ weekly_backup_job = define_asset_job(
     description="Refresh the model store's sha256 manifest (incremental), snapshot it to the backup volume with rsync, "
     "verify the copy and a rotating scrub slice, prune old snapshots.",
     executor_def=in_process_executor,
+    tags=HEAVY_TAG,
 )
 
 
 @job(
     executor_def=in_process_executor,
+    tags=HEAVY_TAG,
     description="Copy a model (config path) or the whole store back from a snapshot (config snapshot; default the "
     "latest), verifying every copy against the snapshot's manifest before replacing anything.",
 )
@@ -86,6 +111,7 @@ reports_job = define_asset_job(
     description="Re-read the model inventory, measure memory bandwidth, recompute the throughput ceilings, the "
     "performance/thermal trends and the ROI report (plots in the UI, report.html in the data dir).",
     executor_def=in_process_executor,
+    tags=HEAVY_TAG,
 )
 
 
@@ -94,6 +120,7 @@ models_job = define_asset_job(
     selection=AssetSelection.groups("models"),
     description="Download the models declared in settings (resumable, sha256-verified) and re-read the inventory.",
     executor_def=in_process_executor,
+    tags=HEAVY_TAG,
 )
 
 

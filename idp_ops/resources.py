@@ -8,6 +8,8 @@ from dagster import ConfigurableResource, ResourceDependency
 from idp_ops.config import Settings, load_settings
 from idp_ops.core import stack as stack_core
 from idp_ops.core.compose import ComposeProject
+from idp_ops.core.last_good_settings import load_or_last_good
+from idp_ops.core.thermal_watch import alert_failed_attempt, webhooks
 
 
 class SettingsResource(ConfigurableResource):
@@ -17,6 +19,10 @@ class SettingsResource(ConfigurableResource):
 
     def load(self) -> Settings:
         return load_settings(self.config_file)
+
+    def load_or_last_good(self, snapshot: Optional[str] = None) -> tuple[Settings, Optional[str]]:
+        """For the safety paths: the last good settings (and why) when the file stops loading."""
+        return load_or_last_good(self.config_file, snapshot=snapshot)
 
 
 class StackResource(ConfigurableResource):
@@ -30,5 +36,16 @@ class StackResource(ConfigurableResource):
     def deploy(self, log) -> stack_core.DeployReport:
         return stack_core.deploy(self.settings.load(), log=log)
 
-    def contain(self, reason: str, reading: dict, log) -> stack_core.ContainmentReport:
-        return stack_core.contain(self.settings.load(), reason, reading, log=log)
+    def contain(
+        self, reason: str, reading: dict, log, settings_snapshot: Optional[str] = None, origin: str = "containment_job"
+    ) -> stack_core.ContainmentReport:
+        settings, problem = self.settings.load_or_last_good(settings_snapshot)
+        if problem:
+            log(problem)
+        try:
+            return stack_core.contain(
+                settings, reason, reading, log=log,
+                on_failed_attempt=alert_failed_attempt(settings, reading, origin),
+            )
+        finally:
+            webhooks.flush(timeout_s=settings.thermal.webhook_timeout_s + 1)

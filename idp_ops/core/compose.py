@@ -249,11 +249,24 @@ def _service_state(row: dict) -> ServiceState:
     )
 
 
+# Every docker call has a limit: a hung dockerd must fail a deploy, not hang it forever.
+DOCKER_CALL_TIMEOUT_S = 30.0
+
+
+def docker_cli(*args: str, timeout: float = DOCKER_CALL_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run `docker ARGS` with a timeout; DockerUnavailable when dockerd does not answer in time."""
+    try:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DockerUnavailable(
+            f"`docker {args[0]}` did not answer within {timeout:.0f} s",
+            hint="dockerd may be hung or restarting: check `systemctl status docker` or its log",
+        ) from None
+
+
 def container_time(container: str, field: str = "StartedAt") -> datetime | None:
     """A container's State.StartedAt or State.FinishedAt; None if unknown or never set."""
-    out = subprocess.run(
-        ["docker", "inspect", "--format", f"{{{{.State.{field}}}}}", container], capture_output=True, text=True
-    )
+    out = docker_cli("inspect", "--format", f"{{{{.State.{field}}}}}", container)
     if out.returncode != 0 or not out.stdout.strip() or out.stdout.startswith("0001-"):
         return None
     # Docker prints nanoseconds; Python's parser takes at most microseconds.
@@ -262,6 +275,5 @@ def container_time(container: str, field: str = "StartedAt") -> datetime | None:
 
 
 def image_id(image: str) -> str | None:
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True)
+    out = docker_cli("image", "inspect", "--format", "{{.Id}}", image)
     return out.stdout.strip() if out.returncode == 0 else None
-

@@ -32,6 +32,10 @@ class DeployError(RuntimeError):
     pass
 
 
+class ContainmentError(DeployError):
+    """The GPU services could not be verified stopped within the retry window."""
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -103,6 +107,10 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
     project.config()
     log(f"starting project {settings.compose_project} (profile {settings.profile}); waiting for healthchecks")
     stale = services_with_stale_keys(settings, project)
+    # From here on the GPU service may run again, so the watch must protect it again;
+    # the containment record itself stays until the whole deploy is proven.
+    if mark_latch_rearmed(settings):
+        log("containment latch marked re-armed: the thermal watch protects the GPU service again")
     try:
         up_seconds = project.up(timeout=settings.deploy_timeout_s)
         if stale:
@@ -127,10 +135,11 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
         results.append(result)
 
     services = [_service_row(state) for state in project.ps()]
-    rearmed = clear_latch(settings)
+    all_problems = [f"{r.endpoint}: {p}" for r in results for p in r.problems]
+    # Only a proven deploy closes the containment record; a failed one leaves it (re-armed).
+    rearmed = clear_latch(settings) if not all_problems else False
     if rearmed:
         log("containment latch cleared: the thermal guard is re-armed")
-    all_problems = [f"{r.endpoint}: {p}" for r in results for p in r.problems]
     return DeployReport(
         project=settings.compose_project,
         compose_file=str(settings.compose_file),
@@ -197,35 +206,84 @@ class ContainmentReport:
     stop_seconds: float
     contained_at: str
     ok: bool
+    attempts: int = 1
+    failed_attempts: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def contain(settings: Settings, reason: str, reading: dict | None = None, *, log: Log = _quiet) -> ContainmentReport:
-    """Stop the GPU services, verify they stopped, and latch until a person re-arms."""
+def contain(
+    settings: Settings,
+    reason: str,
+    reading: dict | None = None,
+    *,
+    log: Log = _quiet,
+    retry_for_s: float | None = None,
+    retry_interval_s: float = 2.0,
+    on_failed_attempt: Callable[[int, str], None] | None = None,
+) -> ContainmentReport:
+    """Stop the GPU services, verify they stopped, and only then latch until a person re-arms.
+
+    A failed attempt (dockerd restarting, compose erroring, a stop that times out, a
+    service still running) is reported to ``on_failed_attempt`` and tried again every
+    ``retry_interval_s`` for ``retry_for_s`` (default: settings.thermal.contain_retry_s);
+    then ContainmentError. The latch is never written for an unverified stop: the watch
+    keeps the containment pending and asks again.
+    """
     services = list(settings.gpu_services or [])
     if not services:
         raise DeployError("no GPU services configured to contain (settings.gpu_services is empty)")
     project = compose_project(settings)
-    log(f"containment: stopping {', '.join(services)} ({reason})")
-    stop_seconds = project.stop(services, timeout=settings.stop_timeout_s)
-    states = {s.service: s for s in project.ps(services)}
-    still_running = [name for name in services if name in states and states[name].running]
-    stopped = [name for name in services if name not in still_running]
+    window = settings.thermal.contain_retry_s if retry_for_s is None else retry_for_s
+    deadline = time.monotonic() + window
+    failures: list[str] = []
+    while True:
+        attempt = len(failures) + 1
+        log(f"containment: stopping {', '.join(services)} ({reason}; attempt {attempt})")
+        try:
+            stop_seconds = project.stop(services, timeout=settings.stop_timeout_s)
+            # A service without a container is not running; one that compose lists must not be.
+            still_running = [s.service for s in project.ps(services) if s.service in services and s.running]
+            if not still_running:
+                break
+            error = f"still running after the stop: {', '.join(still_running)}"
+        except ComposeError as exc:
+            error = str(exc).splitlines()[0]
+        failures.append(error)
+        log(f"containment attempt {attempt} failed: {error}")
+        if on_failed_attempt is not None:
+            on_failed_attempt(attempt, error)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ContainmentError(
+                f"GPU services {services} not verified stopped after {attempt} attempt(s) in {window:.0f} s; "
+                f"last error: {error}"
+            )
+        time.sleep(min(retry_interval_s, remaining))
     report = ContainmentReport(
         reason=reason,
         reading=reading or {},
         services=services,
-        stopped=stopped,
-        still_running=still_running,
+        stopped=services,
+        still_running=[],
         stop_seconds=round(stop_seconds, 3),
         contained_at=now_iso(),
-        ok=not still_running,
+        ok=True,
+        attempts=len(failures) + 1,
+        failed_attempts=failures,
     )
-    # Latch even when the stop failed: the guard must keep treating the card as hot.
     atomic_write_json(settings.containment_latch_file, report.as_dict())
     return report
+
+
+def mark_latch_rearmed(settings: Settings) -> bool:
+    """Keep the containment record but let the watch protect the service again (a deploy started)."""
+    latch = read_latch(settings)
+    if latch is None or latch.get("rearmed_at"):
+        return False
+    atomic_write_json(settings.containment_latch_file, {**latch, "rearmed_at": now_iso(), "rearmed_by": "deploy"})
+    return True
 
 
 def read_latch(settings: Settings) -> dict | None:

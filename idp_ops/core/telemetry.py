@@ -395,6 +395,8 @@ class NvmlSource:
         self._read_energy = read_energy
         self._read_fan = read_fan
         self._open = False
+        # Devices whose last sample failed (fell off the bus, reset required): device -> error.
+        self.device_errors: dict[str, str] = {}
         nv = self._nvml
         error = _nvml_error_class(nv)
         try:
@@ -440,20 +442,31 @@ class NvmlSource:
         return {d: sorted(s) for d, s in self._unsupported.items()}
 
     def sample(self) -> list[Sample]:
+        """One sample per device. A device that fell off the bus is left out and named in
+        ``device_errors``; the others are still sampled. Raises TelemetryError only when
+        every device failed (the driver itself is gone): the caller reopens NVML later."""
         if not self._open:
             raise TelemetryError("NVML source is closed")
-        return [
-            read_nvml_sample(
-                self._nvml,
-                handle,
-                device,
-                self._clock(),
-                unsupported=self._unsupported[device],
-                read_energy=self._read_energy,
-                read_fan=self._read_fan,
-            )
-            for device, handle in zip(self.devices, self._handles, strict=True)
-        ]
+        samples: list[Sample] = []
+        self.device_errors = {}
+        for device, handle in zip(self.devices, self._handles, strict=True):
+            try:
+                samples.append(
+                    read_nvml_sample(
+                        self._nvml,
+                        handle,
+                        device,
+                        self._clock(),
+                        unsupported=self._unsupported[device],
+                        read_energy=self._read_energy,
+                        read_fan=self._read_fan,
+                    )
+                )
+            except TelemetryError as exc:
+                self.device_errors[device] = str(exc)
+        if not samples:
+            raise TelemetryError("; ".join(self.device_errors.values()) or "NVML answered for no device")
+        return samples
 
     def thresholds(self) -> list[DriverThresholds]:
         return list(self._thresholds)

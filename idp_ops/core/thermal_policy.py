@@ -9,10 +9,12 @@ Rules (issue 4), per device:
 - ``contain`` once the temperature is at/above the contain line for K consecutive
   samples; contain line = min(``contain_c``, driver slowdown - ``slowdown_margin_c``).
   A containment in an episode that has not warned yet emits ``warn`` first (same sample).
-- A warning opens an episode. Its id is ``f"{device}-{%Y%m%dT%H%M%SZ}"`` of the first
-  sample of the crossing run (the first sample at/above the line that fired, or the
-  slowdown-bit sample): the same samples always give the same id, so a retried sensor
-  tick produces the same id and the same run key.
+- A warning opens an episode. Its id is ``f"{device}-{epoch}-{n}"``: ``n`` counts the
+  device's episodes and ``epoch`` names the policy state (chosen once when a state is
+  first made, kept in it). Both live in the state the sensor carries in its cursor, so a
+  tick retried from the same cursor gives the same id and the same run key, whatever
+  the wall clock says; a state started afresh (a reset cursor) has a new epoch, so its
+  ids never collide with run keys Dagster has already used.
 - One ``warn`` and at most one ``contain`` per episode. The episode ends (``clear``) only
   after the temperature has stayed below ``warn_c - hysteresis_c`` for ``clear_after_s``
   (measured between sample timestamps, from the first cool sample). A sample in the
@@ -29,8 +31,12 @@ Rules (issue 4), per device:
 - A sample without temperature (None) neither triggers nor clears. It does not break a run
   of hot samples (hot, None, hot counts as 2: unknown never lowers the guard) and it does
   restart the clear timer (unknown is not "stayed cool").
-- Samples older than (or as old as) the last one seen for the device are ignored, so a
-  re-delivered sample changes nothing.
+- Order. Without a sequence number, samples older than (or as old as) the last one seen
+  for the device are ignored, so a re-delivered sample changes nothing. The watch passes
+  a sequence number (it counts samples in the state): then order is the sequence, and a
+  sample whose timestamp is older than the last one is a wall clock stepped back. It is
+  judged, the clear timer restarts (a duration across a step means nothing) and a note
+  says so: a clock set back an hour must not blind the policy for an hour.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ from typing import Any
 from idp_ops.core.telemetry import THERMAL_REASONS, DriverThresholds, Sample, as_utc, parse_timestamp
 
 STATE_VERSION = 1
+DEFAULT_EPOCH = "e0"
+# Backward jitter below this (NTP slewing, samples stamped a few ms apart) is not a clock step.
+CLOCK_STEP_S = 1.0
 WARN, CONTAIN, CLEAR = "warn", "contain", "clear"
 
 
@@ -126,7 +135,8 @@ class _DeviceState:
     episode: str | None = None
     warned: bool = False
     contained: bool = False
-    last_episode: str | None = None  # to keep ids unique if two episodes start in one second
+    episodes: int = 0  # episodes opened so far: the n in the episode id
+    last_seq: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,10 +155,6 @@ class _DeviceState:
         return cls(**values)
 
 
-def _stamp(ts: datetime) -> str:
-    return as_utc(ts).strftime("%Y%m%dT%H%M%SZ")
-
-
 def _fmt(t: float | None) -> str:
     return "unknown" if t is None else f"{t:g} C"
 
@@ -159,22 +165,29 @@ class ThermalPolicy:
         config: PolicyConfig,
         thresholds: Iterable[DriverThresholds] = (),
         state: dict[str, Any] | None = None,
+        *,
+        epoch: str = DEFAULT_EPOCH,
     ):
         self.config = config
         self.thresholds = {t.device: t for t in thresholds}
         self._devices: dict[str, _DeviceState] = {}
         self._latched: dict[str, str] = {}  # device -> episode that latched it
+        self.epoch = epoch
+        # Things worth a log line that are not decisions (a clock step); the caller drains it.
+        self.notes: list[str] = []
         if state:
             version = state.get("version", STATE_VERSION)
             if version != STATE_VERSION:
                 raise ValueError(f"thermal policy state version {version} is not {STATE_VERSION}")
             self._devices = {d: _DeviceState.from_dict(s) for d, s in (state.get("devices") or {}).items()}
             self._latched = dict(state.get("latched") or {})
+            self.epoch = str(state.get("epoch") or epoch)
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
+            "epoch": self.epoch,
             "devices": {d: s.to_dict() for d, s in sorted(self._devices.items())},
             "latched": dict(sorted(self._latched.items())),
         }
@@ -199,7 +212,11 @@ class ThermalPolicy:
         if self._latched.pop(device, None) is None:
             return False
         old = self._devices.get(device)
-        fresh = _DeviceState(last_ts=old.last_ts if old else None, last_episode=old.last_episode if old else None)
+        fresh = _DeviceState(
+            last_ts=old.last_ts if old else None,
+            episodes=old.episodes if old else 0,
+            last_seq=old.last_seq if old else None,
+        )
         self._devices[device] = fresh
         return True
 
@@ -218,12 +235,26 @@ class ThermalPolicy:
         return min(self.config.warn_c, self.contain_line(device)) - self.config.hysteresis_c
 
     # -- the rules -----------------------------------------------------------------------
-    def observe(self, sample: Sample) -> list[Decision]:
+    def observe(self, sample: Sample, seq: int | None = None) -> list[Decision]:
         cfg = self.config
         st = self._devices.setdefault(sample.device, _DeviceState())
         ts = as_utc(sample.ts)
-        if st.last_ts is not None and ts <= st.last_ts:
-            return []  # stale or re-delivered: already judged
+        if seq is None:
+            if st.last_ts is not None and ts <= st.last_ts:
+                return []  # stale or re-delivered: already judged
+        else:
+            if st.last_seq is not None and seq <= st.last_seq:
+                return []  # re-delivered: already judged
+            st.last_seq = seq
+            if st.last_ts is not None and (st.last_ts - ts).total_seconds() > CLOCK_STEP_S:
+                step = (st.last_ts - ts).total_seconds()
+                self.notes.append(
+                    f"{sample.device}: the wall clock stepped back {step:.0f} s (sample at {ts.isoformat()} after "
+                    f"{st.last_ts.isoformat()}); judged in order received, clear timer restarted"
+                )
+                st.cool_since = None
+                st.warn_run_start = ts if st.warn_run_start else None
+                st.contain_run_start = ts if st.contain_run_start else None
         st.last_ts = ts
         temp = sample.temperature_c
         line = self.contain_line(sample.device)
@@ -253,20 +284,16 @@ class ThermalPolicy:
 
         out: list[Decision] = []
         if (warn_hot or slowdown_bits or contain_run_hot) and not st.warned:
-            starts = []
             reasons = []
             if warn_hot:
-                starts.append(st.warn_run_start)
                 reasons.append(f"temperature {_fmt(temp)} at/above warn line {cfg.warn_c:g} C for {st.warn_run} samples")
             if contain_run_hot:
-                starts.append(st.contain_run_start)
                 if not warn_hot:
                     reasons.append(f"temperature {_fmt(temp)} at/above contain line {line:g} C for {st.contain_run} samples")
             if slowdown_bits:
-                starts.append(ts)
                 reasons.append(f"driver reports {', '.join(slowdown_bits)} at {_fmt(temp)}")
             if st.episode is None:
-                st.episode = self._new_episode_id(sample.device, min(s for s in starts if s is not None), st)
+                st.episode = self._new_episode_id(sample.device, st)
             if sample.device in self._latched:
                 reasons.append(f"containment still latched since episode {self._latched[sample.device]}")
             st.warned = True
@@ -310,22 +337,20 @@ class ThermalPolicy:
             st.warn_run, st.warn_run_start, st.contain_run, st.contain_run_start = 0, None, 0, None
         return out
 
-    def _new_episode_id(self, device: str, start: datetime, st: _DeviceState) -> str:
-        base = f"{device}-{_stamp(start)}"
-        last = st.last_episode or ""
-        candidate = base
-        if last == base:
-            candidate = f"{base}-2"
-        elif last.startswith(base + "-") and last[len(base) + 1 :].isdigit():
-            candidate = f"{base}-{int(last[len(base) + 1 :]) + 1}"
-        st.last_episode = candidate
-        return candidate
+    def _new_episode_id(self, device: str, st: _DeviceState) -> str:
+        # From the state alone (not from the sample's time): a retried tick gives the same id.
+        st.episodes += 1
+        return f"{device}-{self.epoch}-{st.episodes}"
 
     def observe_all(self, samples: Iterable[Sample]) -> list[Decision]:
         out: list[Decision] = []
         for s in samples:
             out.extend(self.observe(s))
         return out
+
+    def take_notes(self) -> list[str]:
+        notes, self.notes = self.notes, []
+        return notes
 
 
 def replay(

@@ -64,7 +64,7 @@ def test_h200_trace_one_episode_warn_contain_clear():
     # 26.64 s and 27.64 s are the first two 59 C samples in a row; 79.87 s the first below
     # 47 C (44 C); 89.91 s the first sample 10 s after it (37 C).
     assert (first, warn_t, contain_t, clear_t) == (20.6, 21.61, 27.64, 89.91)
-    episode = "gpu0-20250601T000020Z"
+    episode = "gpu0-e0-1"
     assert [(d.action, d.ts, d.temperature_c, d.episode) for d in decisions] == [
         ("warn", at(warn_t), 57.0, episode),
         ("contain", at(contain_t), 59.0, episode),
@@ -119,7 +119,7 @@ def test_state_round_trip_across_ticks_gives_identical_decisions(chunk):
         pieces += policy.observe_all(samples[i : i + chunk])
         state = json.loads(json.dumps(policy.state()))  # the cursor is a string
     assert [d.to_dict() for d in pieces] == [d.to_dict() for d in whole]
-    assert state["latched"] == {"gpu0": "gpu0-20250601T000020Z"}
+    assert state["latched"] == {"gpu0": "gpu0-e0-1"}
 
 
 def test_a_retried_tick_decides_the_same_and_redelivery_changes_nothing():
@@ -142,8 +142,8 @@ def test_state_is_json_and_names_latched_devices():
     policy.observe_all(trace()[:30])
     state = policy.state()
     assert json.loads(json.dumps(state)) == state
-    assert state["latched"] == {"gpu0": "gpu0-20250601T000020Z"}
-    assert state["devices"]["gpu0"]["episode"] == "gpu0-20250601T000020Z"
+    assert state["latched"] == {"gpu0": "gpu0-e0-1"}
+    assert state["devices"]["gpu0"]["episode"] == "gpu0-e0-1"
     assert ThermalPolicy(SCALED, state=state).state() == state
     with pytest.raises(ValueError, match="version"):
         ThermalPolicy(SCALED, state={**state, "version": 99})
@@ -193,8 +193,8 @@ def test_contain_line_below_warn_line_emits_warn_first_and_does_not_clear_while_
     config = PolicyConfig(clear_after_s=60)
     d = replay(series([82, 82, 80, 80, 80, 80, 77, 77, 77]), config, low)
     assert [(x.action, x.episode) for x in d[:2]] == [
-        ("warn", "gpu0-20250601T000000Z"),
-        ("contain", "gpu0-20250601T000000Z"),
+        ("warn", "gpu0-e0-1"),
+        ("contain", "gpu0-e0-1"),
     ]
     assert d[0].ts == d[1].ts == at(30)
     # 80 C is below warn - hysteresis (82) but above contain line - hysteresis (78): not over
@@ -209,7 +209,7 @@ def test_hysteresis_no_flapping_around_the_warn_line():
     # below 82 from 240, clear at 240 + 90 = 330; a new episode warns at 390.
     d = replay(series(temps), config)
     assert actions(d) == [("warn", 30), ("clear", 330), ("warn", 390)]
-    assert d[0].episode == "gpu0-20250601T000000Z" and d[2].episode == "gpu0-20250601T000600Z"
+    assert d[0].episode == "gpu0-e0-1" and d[2].episode == "gpu0-e0-2"
 
 
 def test_slowdown_bits_warn_at_any_temperature_but_power_cap_does_not():
@@ -218,7 +218,7 @@ def test_slowdown_bits_warn_at_any_temperature_but_power_cap_does_not():
         d = replay(series([40, (41, (bit,)), 40]), config)
         assert actions(d) == [("warn", 30)], bit
         assert bit in d[0].reason and d[0].temperature_c == 41
-        assert d[0].episode == "gpu0-20250601T000030Z"
+        assert d[0].episode == "gpu0-e0-1"
     for harmless in ("sw_power_cap", "gpu_idle", "hw_power_brake_slowdown", "sync_boost"):
         assert replay(series([40, (41, (harmless,)), (41, (harmless,))]), config) == [], harmless
 
@@ -272,7 +272,7 @@ def test_containment_is_latched_until_rearmed():
     assert policy.rearm("gpu0") is True and policy.latched == {}
     d3 = policy.observe_all(series(hot, start=600))
     assert actions(d3) == [("warn", 630), ("contain", 630)]
-    assert d3[0].episode == "gpu0-20250601T001000Z"
+    assert d3[0].episode == "gpu0-e0-3"
 
 
 def test_rearm_while_still_hot_contains_again_in_a_new_episode():
@@ -283,7 +283,7 @@ def test_rearm_while_still_hot_contains_again_in_a_new_episode():
     # the re-deployed service heats the card again: K fresh samples, new episode, new run key
     d2 = policy.observe_all(series([95, 95], start=90))
     assert actions(d2) == [("warn", 120), ("contain", 120)]
-    assert d2[1].episode == "gpu0-20250601T000130Z" != d1[1].episode
+    assert d2[1].episode == "gpu0-e0-2" != d1[1].episode
 
 
 def test_devices_are_independent():
@@ -297,8 +297,8 @@ def test_devices_are_independent():
     ]
     policy = ThermalPolicy(config)
     policy.observe_all(mixed)
-    assert policy.latched == {"gpu0": "gpu0-20250601T000000Z"}
-    assert policy.open_episodes() == {"gpu1": "gpu1-20250601T000031Z"}
+    assert policy.latched == {"gpu0": "gpu0-e0-1"}
+    assert policy.open_episodes() == {"gpu1": "gpu1-e0-1"}
 
 
 def test_out_of_order_samples_are_ignored():
@@ -312,9 +312,37 @@ def test_episode_ids_stay_unique_within_one_second():
     config = PolicyConfig(consecutive_samples=1, clear_after_s=0)
     samples = series([86, 70, 86, 70, 86], step=0.2)
     d = replay(samples, config)
-    assert [x.episode for x in d if x.action == "warn"] == [
-        "gpu0-20250601T000000Z", "gpu0-20250601T000000Z-2", "gpu0-20250601T000000Z-3",
-    ]
+    assert [x.episode for x in d if x.action == "warn"] == ["gpu0-e0-1", "gpu0-e0-2", "gpu0-e0-3"]
+
+
+def test_episode_ids_come_from_the_state_not_from_the_clock():
+    """A tick retried from the same state gives the same id, whatever the samples' times."""
+    config = PolicyConfig(clear_after_s=0)
+    policy = ThermalPolicy(config, epoch="a1b2")
+    policy.observe_all(series([86, 70]))  # one hot sample, not K: the state before the overheat
+    saved = json.loads(json.dumps(policy.state()))
+    first = ThermalPolicy(config, state=saved).observe_all(series([91, 91], start=100))
+    retried = ThermalPolicy(config, state=saved).observe_all(series([91, 91], start=107.5))
+    assert [d.episode for d in first] == [d.episode for d in retried] == ["gpu0-a1b2-1", "gpu0-a1b2-1"]
+    assert [d.action for d in first] == ["warn", "contain"]
+    # A fresh state (a reset cursor) has its own epoch, so its ids cannot repeat old run keys.
+    assert ThermalPolicy(config, epoch="ffff").observe_all(series([91, 91]))[0].episode == "gpu0-ffff-1"
+    assert saved["epoch"] == "a1b2"
+
+
+def test_a_clock_stepped_back_is_judged_in_sequence_and_noted():
+    policy = ThermalPolicy(DEFAULT)
+    seq = iter(range(1, 100))
+    for s in series([70, 70]):
+        assert policy.observe(s, next(seq)) == []
+    # The wall clock is set back an hour; the card then overheats.
+    hot = series([95, 95], start=-3600)
+    decisions = [d for s in hot for d in policy.observe(s, next(seq))]
+    assert [d.action for d in decisions] == ["warn", "contain"]
+    notes = policy.take_notes()
+    assert len(notes) == 1 and "stepped back 3630 s" in notes[0] and policy.take_notes() == []
+    # the same sample number again is a re-delivery: ignored
+    assert policy.observe(hot[-1], 3) == []
 
 
 def test_clear_after_zero_clears_on_the_first_cool_sample():

@@ -54,29 +54,49 @@ def cmd_secrets_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_data(file: str, findings: list) -> dict:
+    from idp_ops.core.audit import BENCHMARK
+
+    return {"benchmark": BENCHMARK, "file": file, "findings": [f.to_dict() for f in findings]}
+
+
+def _audit_human(d: dict) -> str:
+    if not d["findings"]:
+        return f"{d['file']}: no findings ({d['benchmark']})"
+    lines = [f"{d['file']}: audited against {d['benchmark']}"]
+    lines += [
+        f"{f['severity']:<6} {f['rule']:<16} {f['service'] or '(file)':<22} {f['message']}" for f in d["findings"]
+    ]
+    return "\n".join(lines)
+
+
 def cmd_audit_compose(args: argparse.Namespace) -> int:
-    from idp_ops.core.audit import audit_compose_file, has_high
+    from idp_ops.core.audit import audit_compose_file, deploy_environment, has_high
 
-    findings = audit_compose_file(Path(args.file))
-    data = {"file": args.file, "findings": [f.to_dict() for f in findings]}
-
-    def human(d: dict) -> str:
-        if not d["findings"]:
-            return f"{d['file']}: no findings"
-        return "\n".join(
-            f"{f['severity']:<6} {f['rule']:<16} {f['service'] or '(file)':<22} {f['message']}" for f in d["findings"]
-        )
-
-    emit(args, data, human)
+    # Judged with the values a deploy would interpolate (settings, environment, .env).
+    environment = deploy_environment(load_settings(args.config), compose_file=args.file)
+    findings = audit_compose_file(Path(args.file), environment)
+    emit(args, _audit_data(args.file, findings), _audit_human)
     return 1 if has_high(findings) else 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from idp_ops.core.audit import AuditGateError, audit_gate
     from idp_ops.core.stack import deploy
 
-    report = deploy(load_settings(args.config), log=progress(args))
+    settings = load_settings(args.config)
+    log = progress(args)
+    # The gate deploy_job runs (compose_audit + its blocking check), before anything starts.
+    try:
+        findings = audit_gate(settings)
+    except AuditGateError as refused:
+        print(f"idp-ops: {refused}", file=sys.stderr)
+        emit(args, {**_audit_data(str(settings.compose_file), refused.findings), "deployed": False}, _audit_human)
+        return 1
+    log(f"audit of {settings.compose_file.name}: {len(findings)} finding(s), none high")
+    report = deploy(settings, log=log)
 
     def human(d: dict) -> str:
         lines = [f"project {d['project']}: up in {d['up_seconds']} s, proven in {d['total_seconds']} s"]
@@ -152,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(func=cmd_secrets_generate)
 
-    audit = sub.add_parser("audit-compose", parents=[common], help="CIS Docker Benchmark audit of a compose file")
+    audit = sub.add_parser(
+        "audit-compose", parents=[common], help="CIS Docker Benchmark v1.6.0 audit of a compose file"
+    )
     audit.add_argument("file")
     audit.set_defaults(func=cmd_audit_compose)
 

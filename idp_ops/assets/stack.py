@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from idp_ops.assets.tables import markdown_table
-from idp_ops.core.audit import ComposeFileError, audit_compose_file, has_high
+from idp_ops.core.audit import BENCHMARK, AuditGateError, ComposeFileError, audit_gate
 from idp_ops.core.compose import ComposeError
 from idp_ops.core.probe import ProbeError
 from idp_ops.core.secrets import ensure_keys
@@ -56,7 +56,8 @@ def api_keys(context: AssetExecutionContext, config: ApiKeysConfig, settings: Se
 
 @asset(
     group_name=GROUP,
-    description="CIS Docker Benchmark 5.x audit of the compose file the stack is deployed from.",
+    description=f"{BENCHMARK} (section 5) audit of the compose file the stack is deployed from, "
+    "judged with the values the deploy interpolates.",
     check_specs=[
         AssetCheckSpec(
             "no_high_findings",
@@ -68,16 +69,20 @@ def api_keys(context: AssetExecutionContext, config: ApiKeysConfig, settings: Se
 )
 def compose_audit(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
     cfg = settings.load()
+    # The same gate `idp-ops deploy` runs; here a refusal is recorded as a failed blocking check.
     try:
-        findings = audit_compose_file(cfg.compose_file)
+        findings = audit_gate(cfg)
+    except AuditGateError as refused:
+        findings = refused.findings
     except ComposeFileError as exc:
         raise Failure(description=f"cannot audit {cfg.compose_file}: {exc}") from None
     counts = {level: sum(1 for f in findings if f.severity == level) for level in ("high", "medium", "low")}
-    context.log.info(f"audit of {cfg.compose_file.name}: {counts}")
+    context.log.info(f"audit of {cfg.compose_file.name} against {BENCHMARK}: {counts}")
     high = [f for f in findings if f.severity == "high"]
     return MaterializeResult(
         metadata={
             "compose_file": MetadataValue.path(str(cfg.compose_file)),
+            "benchmark": BENCHMARK,
             "findings": MetadataValue.md(
                 markdown_table([f.to_dict() for f in findings], ["severity", "service", "rule", "message"]) if findings else "No findings."
             ),
@@ -88,7 +93,7 @@ def compose_audit(context: AssetExecutionContext, settings: SettingsResource) ->
         check_results=[
             AssetCheckResult(
                 check_name="no_high_findings",
-                passed=not has_high(findings),
+                passed=not high,
                 severity=AssetCheckSeverity.ERROR,
                 metadata={
                     "high_findings": MetadataValue.json([f.to_dict() for f in high]),

@@ -20,6 +20,7 @@ COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
 # A planted fake key, assembled at run time so no key-shaped literal sits in the repository.
 SECRET = "sk-" + "abcdef0123456789ABCDEFxyz"
 DROP = object()
+REVISION = "0123456789abcdef0123456789abcdef01234567"  # 40 hex: a pinned commit id
 
 
 def hardened_service() -> dict:
@@ -76,8 +77,8 @@ BAD_CASES = [
     ("cap_add-SYS_ADMIN", {"cap_add": ["SYS_ADMIN"]}, "CIS-5.4", "SYS_ADMIN"),
     ("cap_add-CAP_NET_ADMIN", {"cap_add": ["CAP_NET_ADMIN"]}, "CIS-5.4", "NET_ADMIN"),
     ("privileged", {"privileged": True}, "CIS-5.5", "privileged"),
-    ("no-memory-limit", {"deploy.resources.limits.memory": DROP}, "CIS-5.10", "memory"),
-    ("no-cpu-limit", {"deploy.resources.limits.cpus": DROP}, "CIS-5.11", "CPU"),
+    ("no-memory-limit", {"deploy.resources.limits.memory": DROP}, "CIS-5.11", "memory"),
+    ("no-cpu-limit", {"deploy.resources.limits.cpus": DROP}, "CIS-5.12", "CPU"),
     ("read_only-false", {"read_only": False}, "CIS-5.13", "read_only"),
     ("read_only-missing", {"read_only": DROP}, "CIS-5.13", "read_only"),
     ("port-0.0.0.0", {"ports": ["0.0.0.0:8000:8000"]}, "CIS-5.14", "0.0.0.0:8000:8000"),
@@ -94,7 +95,7 @@ BAD_CASES = [
     ),
     ("port-interpolated-public", {"ports": ["0.0.0.0:${IDP_PORT:-18000}:8080"]}, "CIS-5.14", "0.0.0.0"),
     ("port-lan-ip", {"ports": ["192.168.1.10:8000:8000"]}, "CIS-5.14", "192.168.1.10"),
-    ("network_mode-host", {"network_mode": "host", "ports": DROP}, "CIS-5.14", "network_mode: host"),
+    ("network_mode-host", {"network_mode": "host", "ports": DROP}, "CIS-5.10", "network_mode: host"),
     ("pid-host", {"pid": "host"}, "CIS-5.16", "pid: host"),
     ("ipc-host", {"ipc": "host"}, "CIS-5.17", "shm_size"),
     ("security_opt-missing", {"security_opt": DROP}, "CIS-5.26", "no-new-privileges"),
@@ -106,7 +107,7 @@ BAD_CASES = [
     (
         "docker.sock-short",
         {"volumes": ["/mnt/models:/models:ro", "/var/run/docker.sock:/var/run/docker.sock"]},
-        "CIS-5.31",
+        "CIS-5.32",
         "/var/run/docker.sock",
     ),
     (
@@ -117,13 +118,15 @@ BAD_CASES = [
                 {"type": "bind", "source": "/run/docker.sock", "target": "/sock", "read_only": True},
             ]
         },
-        "CIS-5.31",
+        "CIS-5.32",
         "/run/docker.sock",
     ),
     ("env-list-interpolated", {"environment": ["VLLM_API_KEY=${VLLM_API_KEY}"]}, "IDP-SECRET-ENV", "VLLM_API_KEY"),
     ("env-mapping-interpolated", {"environment": {"VLLM_API_KEY": "${VLLM_API_KEY}"}}, "IDP-SECRET-ENV", "VLLM_API_KEY"),
     ("env-mapping-literal", {"environment": {"HF_TOKEN": "hf_literal"}}, "IDP-SECRET-ENV", "HF_TOKEN"),
     ("env-literal-key-value", {"environment": {"OPENAI_BASE": SECRET}}, "IDP-SECRET-ENV", "OPENAI_BASE"),
+    # 64 hex digits is what `secrets generate` writes: still a key, unlike a 40-hex revision.
+    ("env-literal-64-hex", {"environment": {"UPSTREAM_AUTH": "0123456789abcdef" * 4}}, "IDP-SECRET-ENV", "UPSTREAM_AUTH"),
     ("env_file-secrets", {"env_file": "./secrets/api-keys.env"}, "IDP-SECRET-ENV", "./secrets/api-keys.env"),
     (
         "env_file-long",
@@ -135,6 +138,11 @@ BAD_CASES = [
     ("cmd-api-key-equals", {"command": f"--api-key={SECRET} --port 8000"}, "IDP-SECRET-CMD", "--api-key"),
     ("cmd-password-flag", {"command": ["--password", "hunter2"]}, "IDP-SECRET-CMD", "--password"),
     ("cmd-token-interpolated", {"command": ["--token", "${HF_TOKEN}"]}, "IDP-SECRET-CMD", "HF_TOKEN"),
+    # Token-count words (MAX_TOKENS is not a secret) must not hide real secrets ending in them.
+    ("env-admin-token", {"environment": {"ADMIN_TOKEN": "x"}}, "IDP-SECRET-ENV", "ADMIN_TOKEN"),
+    ("env-login-token", {"environment": ["LOGIN_TOKEN=x"]}, "IDP-SECRET-ENV", "LOGIN_TOKEN"),
+    ("cmd-admin-token-flag", {"command": ["--admin-token", "x"]}, "IDP-SECRET-CMD", "--admin-token"),
+    ("cmd-gen-token-interpolated", {"command": ["--auth", "${GEN_TOKEN}"]}, "IDP-SECRET-CMD", "GEN_TOKEN"),
     (
         "healthcheck-bearer-interpolated",
         {
@@ -177,6 +185,105 @@ BAD_CASES = [
     ("logging-local-no-options", {"logging": {"driver": "local"}}, "IDP-LOGGING", "local"),
 ]
 
+# Root-equivalent settings (issue 9, item 12): each is high and named in the message.
+NNP = "no-new-privileges:true"
+ROOT_EQUIVALENT_CASES = [
+    ("mount-root", {"volumes": ["/:/host"]}, "CIS-5.6", "the host's root filesystem"),
+    ("mount-etc", {"volumes": ["/etc:/host/etc:ro"]}, "CIS-5.6", "'/etc:/host/etc:ro'"),
+    ("mount-etc-file", {"volumes": ["/etc/shadow:/shadow:ro"]}, "CIS-5.6", "beneath /etc"),
+    ("mount-etc-trailing-slash", {"volumes": ["/etc/:/e"]}, "CIS-5.6", "host path /etc via"),
+    ("mount-etc-dotdot", {"volumes": ["/srv/data/../../etc:/e"]}, "CIS-5.6", "host path /etc via"),
+    ("mount-etc-double-slash", {"volumes": ["//etc:/e"]}, "CIS-5.6", "host path /etc via"),
+    ("mount-proc", {"volumes": ["/proc:/host/proc:ro"]}, "CIS-5.6", "/proc"),
+    ("mount-sys", {"volumes": ["/sys:/host/sys"]}, "CIS-5.6", "/sys"),
+    ("mount-boot", {"volumes": ["/boot:/boot:ro"]}, "CIS-5.6", "/boot"),
+    ("mount-dev", {"volumes": ["/dev:/dev"]}, "CIS-5.6", "/dev"),
+    ("mount-dev-mem", {"volumes": ["/dev/mem:/dev/mem"]}, "CIS-5.6", "beneath /dev"),
+    ("mount-var-run", {"volumes": ["/var/run:/host-run"]}, "CIS-5.6", "/var/run"),
+    ("mount-run", {"volumes": ["/run:/host-run:ro"]}, "CIS-5.6", "/run"),
+    ("mount-var-holds-var-run", {"volumes": ["/var:/host-var:ro"]}, "CIS-5.6", "it holds /var/run"),
+    ("mount-root-home", {"volumes": ["/root:/r"]}, "CIS-5.6", "/root"),
+    ("mount-home", {"volumes": ["/home:/h:ro"]}, "CIS-5.6", "/home"),
+    ("mount-home-ssh", {"volumes": ["/home/alice/.ssh:/ssh:ro"]}, "CIS-5.6", "beneath /home"),
+    ("mount-a-users-home", {"volumes": ["/home/alice:/a:ro"]}, "CIS-5.6", "a user's home directory"),
+    ("mount-root-dotdir", {"volumes": ["/root/.docker:/d:ro"]}, "CIS-5.6", "dot-directory beneath /root"),
+    ("mount-tilde-alone", {"volumes": ["~:/h:ro"]}, "CIS-5.6", "home directory"),
+    ("mount-tilde", {"volumes": ["~/.aws:/aws:ro"]}, "CIS-5.6", "home directory"),
+    ("mount-usr", {"volumes": ["/usr/lib:/l:ro"]}, "CIS-5.6", "beneath /usr"),
+    (
+        "mount-relative-up-to-root",
+        {"volumes": ["../" * 40 + ":/host:ro"]},
+        "CIS-5.6",
+        "the host's root filesystem",
+    ),
+    (
+        "mount-long-bind-etc",
+        {"volumes": [{"type": "bind", "source": "/etc/", "target": "/host-etc", "read_only": True}]},
+        "CIS-5.6",
+        "bind /etc/ -> /host-etc",
+    ),
+    (
+        "mount-long-bind-dotdot",
+        {"volumes": [{"type": "bind", "source": "/opt/../home/bob", "target": "/b"}]},
+        "CIS-5.6",
+        "/home/bob",
+    ),
+    (
+        "docker.sock-any-path",
+        {"volumes": ["/home/alice/.docker/run/docker.sock:/var/run/docker.sock"]},
+        "CIS-5.32",
+        "/home/alice/.docker/run/docker.sock",
+    ),
+    ("devices-short", {"devices": ["/dev/mem:/dev/mem"]}, "CIS-5.18", "devices: '/dev/mem:/dev/mem'"),
+    (
+        "devices-long",
+        {"devices": [{"source": "/dev/sda", "target": "/dev/xvda", "permissions": "rwm"}]},
+        "CIS-5.18",
+        "/dev/sda -> /dev/xvda",
+    ),
+    ("device_cgroup_rules", {"device_cgroup_rules": ["c 1:1 rwm"]}, "CIS-5.18", "device_cgroup_rules: 'c 1:1 rwm'"),
+    ("seccomp-colon", {"security_opt": [NNP, "seccomp:unconfined"]}, "CIS-5.22", "security_opt: 'seccomp:unconfined'"),
+    ("seccomp-equals", {"security_opt": [NNP, "seccomp=unconfined"]}, "CIS-5.22", "seccomp=unconfined"),
+    ("apparmor-colon", {"security_opt": [NNP, "apparmor:unconfined"]}, "CIS-5.2", "apparmor:unconfined"),
+    ("apparmor-equals", {"security_opt": ["apparmor=unconfined", NNP]}, "CIS-5.2", "apparmor=unconfined"),
+    ("label-disable-colon", {"security_opt": [NNP, "label:disable"]}, "CIS-5.3", "label:disable"),
+    ("label-disable-equals", {"security_opt": [NNP, "label=disable"]}, "CIS-5.3", "label=disable"),
+    ("label-spc_t", {"security_opt": [NNP, "label=type:spc_t"]}, "CIS-5.3", "label=type:spc_t"),
+    ("systempaths-equals", {"security_opt": [NNP, "systempaths=unconfined"]}, "IDP-SYSTEMPATHS", "systempaths=unconfined"),
+    ("systempaths-colon", {"security_opt": [NNP, "systempaths:unconfined"]}, "IDP-SYSTEMPATHS", "systempaths:unconfined"),
+    ("userns_mode-host", {"userns_mode": "host"}, "CIS-5.31", "userns_mode: host"),
+    ("uts-host", {"uts": "host"}, "CIS-5.21", "uts: host"),
+    ("cgroup-host", {"cgroup": "host"}, "IDP-CGROUP-HOST", "cgroup: host"),
+    ("pid-host-interpolated", {"pid": "${IDP_PID_MODE:-host}"}, "CIS-5.16", "pid: ${IDP_PID_MODE:-host} (resolves to host)"),
+    ("propagation-short-rshared", {"volumes": ["/mnt/models:/models:ro,rshared"]}, "CIS-5.20", "rshared propagation"),
+    ("propagation-short-shared", {"volumes": ["/srv/data:/data:shared"]}, "CIS-5.20", "'/srv/data:/data:shared'"),
+    (
+        "propagation-long",
+        {"volumes": [{"type": "bind", "source": "/srv/data", "target": "/data", "bind": {"propagation": "rshared"}}]},
+        "CIS-5.20",
+        "rshared propagation",
+    ),
+] + [
+    (f"cap_add-{written}", {"cap_add": [written]}, "CIS-5.4", f"capability {canonical} (cap_add: '{written}')")
+    for written, canonical in [
+        ("sys_admin", "SYS_ADMIN"),
+        ("CAP_SYS_ADMIN", "SYS_ADMIN"),
+        ("SYS_PTRACE", "SYS_PTRACE"),
+        ("sys_module", "SYS_MODULE"),
+        ("SYS_RAWIO", "SYS_RAWIO"),
+        ("cap_sys_time", "SYS_TIME"),
+        ("NET_ADMIN", "NET_ADMIN"),
+        ("net_raw", "NET_RAW"),
+        ("BPF", "BPF"),
+        ("PERFMON", "PERFMON"),
+        ("DAC_READ_SEARCH", "DAC_READ_SEARCH"),
+        ("Dac_Override", "DAC_OVERRIDE"),
+        ("MKNOD", "MKNOD"),
+        ("all", "ALL"),
+    ]
+]
+BAD_CASES += ROOT_EQUIVALENT_CASES
+
 
 @pytest.mark.parametrize(
     ("changes", "rule", "named"),
@@ -200,18 +307,29 @@ def test_every_rule_has_a_case():
 @pytest.mark.parametrize(
     ("rule", "severity"),
     [
+        ("CIS-5.2", "high"),
+        ("CIS-5.3", "high"),
         ("CIS-5.4", "high"),
         ("CIS-5.5", "high"),
-        ("CIS-5.10", "medium"),
-        ("CIS-5.11", "low"),
+        ("CIS-5.6", "high"),
+        ("CIS-5.10", "high"),
+        ("CIS-5.11", "medium"),
+        ("CIS-5.12", "low"),
         ("CIS-5.13", "medium"),
         ("CIS-5.14", "high"),
         ("CIS-5.16", "high"),
         ("CIS-5.17", "high"),
+        ("CIS-5.18", "high"),
+        ("CIS-5.20", "high"),
+        ("CIS-5.21", "high"),
+        ("CIS-5.22", "high"),
         ("CIS-5.26", "medium"),
         ("CIS-5.27", "medium"),
         ("CIS-5.29", "medium"),
         ("CIS-5.31", "high"),
+        ("CIS-5.32", "high"),
+        ("IDP-CGROUP-HOST", "high"),
+        ("IDP-SYSTEMPATHS", "high"),
         ("IDP-SECRET-ENV", "high"),
         ("IDP-SECRET-CMD", "high"),
         ("IDP-MODEL-RW", "high"),
@@ -269,6 +387,62 @@ NOT_FLAGGED = [
     ("tmpfs-volume", {"volumes": [{"type": "tmpfs", "target": "/models-cache"}, "/mnt/models:/models:ro"]}),
     ("read_only-interpolated", {"read_only": "${IDP_READ_ONLY:-true}"}),
     ("logging-syslog", {"logging": {"driver": "syslog"}}),
+    # A pinned 40-hex revision (git / Hugging Face commit id) is not a key (item 15).
+    ("revision-40-hex-flag", {"command": ["--model", "/models", "--revision", REVISION]}),
+    ("revision-40-hex-flag-equals", {"command": f"--model /models --revision={REVISION} --code-revision {REVISION}"}),
+    ("revision-40-hex-env", {"environment": {"REVISION": REVISION, "HF_REVISION": REVISION.upper()}}),
+    ("revision-40-hex-env-list", {"environment": [f"REVISION={REVISION}"]}),
+    # Token counts are not tokens.
+    (
+        "max-tokens-env",
+        {"environment": {"MAX_TOKENS": "512", "MAX_NUM_BATCHED_TOKENS": "4096", "MAX_NEW_TOKENS": "256"}},
+    ),
+    ("max-tokens-env-list", {"environment": ["MAX_TOKENS=512", "NUM_TOKENS=8", "TOKENS_PER_SECOND=40"]}),
+    (
+        "max-tokens-command",
+        {"command": ["--max-tokens", "${MAX_TOKENS:-512}", "--max-new-token", "256", "--max-num-batched-tokens", "4096"]},
+    ),
+    ("max-tokens-healthcheck", {"healthcheck.test": ["CMD-SHELL", "probe --max-tokens $${MAX_TOKENS} ${MAX_TOKENS}"]}),
+    # Not root-equivalent.
+    (
+        "gpu-reservation",
+        {
+            "deploy.resources.reservations": {
+                "devices": [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
+            }
+        },
+    ),
+    ("propagation-rslave", {"volumes": ["/mnt/models:/models:ro,rslave"]}),
+    (
+        "lookalike-paths",
+        {
+            "volumes": [
+                "/mnt/models:/models:ro",
+                "/etcd-data:/etcd:ro",
+                "/homelab/cache:/cache:ro",
+                "/srv/home/etc:/data:ro",
+                "/var/lib/idp:/var/lib/idp:ro",
+                "/mnt/run:/mnt/run:ro",
+                "etc:/etc-volume",
+            ]
+        },
+    ),
+    # A plain folder in a home is a data directory (a clone's ./.idp-data/models lives there).
+    ("models-in-a-home", {"volumes": ["/home/alice/idp_ops/models:/models:ro", "~/models:/m2:ro", "/root/llm:/m3:ro"]}),
+    (
+        "confinement-profiles",
+        {
+            "security_opt": [
+                "no-new-privileges:true",
+                "seccomp=/etc/docker/seccomp-llm.json",
+                "apparmor=docker-default",
+                "label=type:container_t",
+            ]
+        },
+    ),
+    ("private-namespaces", {"ipc": "private", "pid": "service:other", "network_mode": "bridge", "uts": ""}),
+    ("userns-not-host", {"userns_mode": "${IDP_USERNS:-}"}),
+    ("cap_add-harmless", {"cap_add": ["NET_BIND_SERVICE", "CHOWN"]}),
 ]
 
 
@@ -342,12 +516,12 @@ def test_findings_sorted_by_severity_service_rule(tmp_path):
     a_high = [f.rule for f in findings if f.service == "a" and f.severity == "high"]
     assert a_high == ["CIS-5.4", "CIS-5.5"]  # natural order, not string order
     a_medium = [f.rule for f in findings if f.service == "a" and f.severity == "medium"]
-    assert a_medium == ["CIS-5.10", "CIS-5.13", "CIS-5.26", "CIS-5.27", "CIS-5.29", "IDP-ROOT"]
+    assert a_medium == ["CIS-5.11", "CIS-5.13", "CIS-5.26", "CIS-5.27", "CIS-5.29", "IDP-ROOT"]
     assert has_high(findings)
 
 
 def test_has_high():
-    low = Finding("svc", "CIS-5.11", "low", "no CPU limit")
+    low = Finding("svc", "CIS-5.12", "low", "no CPU limit")
     high = Finding("svc", "CIS-5.5", "high", "privileged")
     assert not has_high([])
     assert not has_high([low])

@@ -20,7 +20,8 @@ STOP_GRACE_S = 20
 class Dagster:
     """The webserver and the daemon, as an operator starts them, with their output in files."""
 
-    def __init__(self, tmp_path: Path, dagster_home: Path, config_file: Path):
+    def __init__(self, tmp_path: Path, dagster_home: Path, config_file: Path, workspace: Path | None = None):
+        self.workspace = str(workspace or "workspace.yaml")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/graphql"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
@@ -31,8 +32,8 @@ class Dagster:
 
     def start(self, *, webserver: bool = True, daemon: bool = True) -> None:
         commands = {
-            "webserver": [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
-            "daemon": [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            "webserver": [str(BIN / "dagster-webserver"), "-w", self.workspace, "-h", "127.0.0.1", "-p", str(self.port)],
+            "daemon": [str(BIN / "dagster-daemon"), "run", "-w", self.workspace],
         }
         wanted = {"webserver": webserver, "daemon": daemon}
         for name, command in commands.items():

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from dagster import DagsterInstance
@@ -15,7 +15,7 @@ from idp_ops.config import load_settings
 from idp_ops.core import history
 from idp_ops.core.secrets import ensure_keys
 from idp_ops.core.stack import compose_project, deploy, read_latch
-from idp_ops.core.telemetry import CsvReplaySource
+from idp_ops.core.telemetry import CsvReplaySource, Sample
 from idp_ops.core.thermal_watch import Spool
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
@@ -34,6 +34,34 @@ def idp_ops(*args, config, extra_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
     env.update({"IDP_CONFIG": str(config), **(extra_env or {})})
     return subprocess.run([sys.executable, "-m", "idp_ops.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_samples_are_fresh_counts_gpu_temperatures_only(tmp_path):
+    config = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"))
+    settings = load_settings(config)
+    now = datetime.now(timezone.utc)
+    spool = Spool(settings.thermal_spool_dir)
+    spool.append([
+        Sample(ts=now - timedelta(hours=1), device="gpu0", source="nvml", temperature_c=50),
+        Sample(ts=now, device="gpu0", source="nvml", temperature_c=None),  # blind
+        Sample(ts=now, device="cpu", source="hwmon", temperature_c=60),  # fresh, but not the GPU
+    ])
+    job = defs.resolve_job_def("thermal_ingest_job")
+    (tmp_path / "dh").mkdir()
+
+    def check():
+        result = job.execute_in_process(
+            instance=instance, partition_key=now.date().isoformat(),
+            resources={"settings": SettingsResource(config_file=str(config))},
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dh")) as instance:
+        blind = check()
+        assert not blind.passed and blind.metadata["age_seconds"].value >= 3600
+        spool.append([Sample(ts=now + timedelta(seconds=1), device="gpu0", source="nvml", temperature_c=51)])
+        assert check().passed
 
 
 def test_thermal_log_ingests_the_spool_once_and_rolls_it_up(tmp_path):

@@ -35,7 +35,8 @@ thermal_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC"
         AssetCheckSpec(
             "samples_are_fresh",
             asset="thermal_log",
-            description="A new sample arrived within a few sensor intervals; otherwise the sensor or daemon is dead.",
+            description="A new GPU temperature sample arrived within a few sensor intervals; otherwise the "
+            "sensor or daemon is dead, or the watch is blind to the GPU.",
         )
     ],
 )
@@ -58,9 +59,12 @@ def thermal_log(context: AssetExecutionContext, settings: SettingsResource) -> M
         )
     context.log.info(f"{context.partition_key}: {len(samples)} spooled samples, {new} new, {len(hourly)} hourly rows")
 
-    latest = spool.latest_ts()
     stale_after = timedelta(seconds=cfg.thermal.stale_after_intervals * cfg.thermal.sensor_interval_s)
-    age = datetime.now(timezone.utc) - latest if latest else None
+    now = datetime.now(timezone.utc)
+    # GPU temperatures only: fresh CPU samples must not hide a blind GPU watch. Samples
+    # dated ahead of now (a clock stepped back since) prove nothing about now.
+    latest = spool.latest_ts(gpu_only=True, not_after=now + timedelta(seconds=cfg.thermal.sensor_interval_s))
+    age = now - latest if latest else None
     fresh = age is not None and age <= stale_after
     columns = ["hour", "device", "samples", "min_c", "avg_c", "max_c", "seconds_above_warn", "seconds_above_contain",
                "throttle_seconds", "energy_kwh"]

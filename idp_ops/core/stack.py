@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from idp_ops.config import Settings
+from idp_ops.core.audit import audit_gate
 from idp_ops.core.compose import (
     ComposeError,
     ComposeProject,
@@ -104,7 +105,9 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
         raise DeployError("cannot deploy:\n  - " + "\n  - ".join(problems))
     project = compose_project(settings)
     log(f"validating {settings.compose_file.name} with compose")
-    project.config()
+    project.config()  # first: a file compose cannot read is reported in compose's own words
+    # Every caller passes the gate, not only the CLI and deploy_job (both also run it first).
+    audit_gate(settings)
     log(f"starting project {settings.compose_project} (profile {settings.profile}); waiting for healthchecks")
     stale = services_with_stale_keys(settings, project)
     # From here on the GPU service may run again, so the watch must protect it again;
@@ -249,7 +252,8 @@ def contain(
                 break
             error = f"still running after the stop: {', '.join(still_running)}"
         except ComposeError as exc:
-            error = str(exc).splitlines()[0]
+            said = [line.strip() for line in exc.stderr.splitlines() if line.strip()]
+            error = str(exc).splitlines()[0] + (f": {said[-1]}" if said else "")
         failures.append(error)
         log(f"containment attempt {attempt} failed: {error}")
         if on_failed_attempt is not None:

@@ -1,0 +1,201 @@
+"""Containment on real dockerd when something else is already failing.
+
+The GPU service is stood in for by a container of the llama-server image running
+busybox `sleep` (no model, starts in a fraction of a second); what matters here is
+that dockerd, compose and the latch behave as they will on the GPU box.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from idp_ops.config import load_settings
+from idp_ops.core.compose import DockerUnavailable
+from idp_ops.core.probe import ProbeError
+from idp_ops.core.secrets import ensure_keys
+from idp_ops.core.stack import DeployError, compose_project, contain, deploy, read_latch
+from idp_ops.core.telemetry import Sample
+from idp_ops.core.thermal_policy import PolicyConfig
+from idp_ops.core.thermal_watch import WatchState, watch_tick
+from idp_ops_tests.conftest import free_port, write_settings
+from idp_ops_tests.docker_engine import SecondEngine
+
+pytestmark = [pytest.mark.docker]
+
+GPU_STANDIN = """\
+services:
+  gpu-standin:
+    image: ${IDP_LLAMA_SERVER_IMAGE}
+    entrypoint: ["/bin/busybox", "sleep", "3600"]
+    restart: unless-stopped
+    network_mode: none
+    stop_grace_period: 1s
+    user: "65534:65534"
+    read_only: true
+    cap_drop: [ALL]
+    security_opt: ["no-new-privileges:true"]
+    logging: {driver: json-file, options: {max-size: "1m", max-file: "2"}}
+    healthcheck: {test: ["CMD", "/bin/busybox", "true"], interval: 5s}
+    deploy: {resources: {limits: {cpus: "0.1", memory: 32m, pids: 16}}}
+"""
+
+
+def standin_settings(tmp_path, image, **extra):
+    compose = tmp_path / "gpu-standin.yml"
+    compose.write_text(GPU_STANDIN)
+    values = {
+        "profile": "gpu",
+        "home": str(tmp_path / "home"),
+        "compose_file": str(compose),
+        "compose_project": f"idp-test-contain-{uuid.uuid4().hex[:8]}",
+        "llama_server_image": image,
+        "gpu_services": ["gpu-standin"],
+        "stop_timeout_s": 2,
+        "endpoints": [],
+        **extra,
+    }
+    return load_settings(write_settings(tmp_path / "idp-ops.yaml", **values))
+
+
+def running(settings) -> set[str]:
+    return {s.service for s in compose_project(settings).ps() if s.running}
+
+
+def wait_for(predicate, hang_guard_s: float, what: str) -> None:
+    deadline = time.monotonic() + hang_guard_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"still waiting after {hang_guard_s:.0f} s for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def engine(llama_image, monkeypatch):
+    box = SecondEngine()
+    box.start()
+    box.load_image(llama_image)
+    monkeypatch.setenv("DOCKER_HOST", box.host)
+    yield box
+    if not box.answering():
+        box.start()
+    box.stop()
+
+
+def test_containment_lands_when_dockerd_restarts_midway(tmp_path, engine, llama_image):
+    settings = standin_settings(tmp_path, llama_image)
+    project = compose_project(settings)
+    try:
+        project.up(wait=False, timeout=60)
+        assert running(settings) == {"gpu-standin"}
+        engine.stop()  # dockerd goes away just as the card overheats
+
+        failures: list[tuple[int, str]] = []
+        outcome: dict = {}
+
+        def containment():
+            try:
+                outcome["report"] = contain(
+                    settings, "overheat during a dockerd restart", {"episode": "gpu0-test-1"},
+                    retry_for_s=120, retry_interval_s=0.5, on_failed_attempt=lambda n, e: failures.append((n, e)),
+                )
+            except Exception as exc:  # handed to the assertions below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=containment, daemon=True)
+        worker.start()
+        wait_for(lambda: len(failures) >= 2, 60, "two failed attempts while dockerd is down")
+        assert read_latch(settings) is None, "nothing is latched before the stop is verified"
+        assert all("docker" in error.lower() for _, error in failures), failures
+
+        engine.start()  # dockerd is back; `restart: unless-stopped` brings the service back too
+        worker.join(120)
+        assert not worker.is_alive() and "error" not in outcome, outcome
+        report = outcome["report"]
+        assert report.ok and report.attempts == len(failures) + 1 >= 3
+        assert running(settings) == set()
+        latch = read_latch(settings)
+        assert latch["reading"]["episode"] == "gpu0-test-1" and len(latch["failed_attempts"]) == len(failures)
+    finally:
+        if engine.answering():
+            project.down(timeout=2)
+
+
+def test_containment_that_cannot_be_verified_raises_and_never_latches(tmp_path, engine, llama_image):
+    settings = standin_settings(tmp_path, llama_image)
+    project = compose_project(settings)
+    try:
+        project.up(wait=False, timeout=60)
+        engine.stop()
+        failures = []
+        with pytest.raises(DeployError, match=r"not verified stopped after \d+ attempt"):
+            contain(settings, "dockerd stays down", {}, retry_for_s=1.5, retry_interval_s=0.5,
+                    on_failed_attempt=lambda n, e: failures.append(n))
+        assert failures and read_latch(settings) is None
+    finally:
+        engine.start()
+        project.down(timeout=2)
+
+
+def hot(device: str, start: datetime, count: int = 2) -> list[Sample]:
+    return [Sample(ts=start + timedelta(seconds=i), device=device, source="csv", temperature_c=95)
+            for i in range(count)]
+
+
+class Samples:
+    """A source handing out prepared samples, one batch per tick."""
+
+    name = "nvml"
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def sample(self):
+        return self.batches.pop(0) if self.batches else []
+
+    def thresholds(self):
+        return []
+
+    def close(self):
+        pass
+
+
+def test_a_failed_deploy_after_a_containment_leaves_protection_armed(tmp_path, llama_image, docker_ready):
+    closed_port = free_port()  # nothing will answer there: the deploy's proof fails
+    settings = standin_settings(
+        tmp_path, llama_image, deploy_timeout_s=10,
+        endpoints=[{"name": "gpu", "protocol": "openai", "url": f"http://127.0.0.1:{closed_port}",
+                    "compose_service": "gpu-standin", "key_name": "gpu_api_key", "model": "m", "gpu": True}],
+    )
+    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid,
+                owner_gid=settings.service_gid)
+    project = compose_project(settings)
+    config = PolicyConfig(warn_c=85, contain_c=90, consecutive_samples=2, clear_after_s=600)
+    t0 = datetime.now(UTC)
+    state = WatchState()
+    try:
+        project.up(wait=False, timeout=60)
+        # An overheat, contained and latched.
+        first = watch_tick([Samples([hot("gpu0", t0)])], config, state, latch=None)
+        [request] = first.to_contain
+        contain(settings, "overheat", {"episode": request.episode}, retry_for_s=30)
+        assert running(settings) == set()
+        settled = watch_tick([Samples([hot("gpu0", t0 + timedelta(seconds=10))])], config, state,
+                             latch=read_latch(settings))
+        assert settled.to_contain == [], "latched and verified: nothing pending, no second containment"
+
+        # A person re-deploys; the GPU service comes up, then the proof fails.
+        with pytest.raises((DeployError, ProbeError, DockerUnavailable), match="not ready"):
+            deploy(settings)
+        assert running(settings) == {"gpu-standin"}
+        latch = read_latch(settings)
+        assert latch is not None and latch["rearmed_at"], "the record stays until a deploy is proven"
+
+        # The card heats again: the watch protects the running service.
+        again = watch_tick([Samples([hot("gpu0", t0 + timedelta(seconds=60))])], config, state, latch=latch)
+        assert [r.device for r in again.to_contain] == ["gpu0"] and again.to_contain[0].episode != request.episode
+    finally:
+        project.down(timeout=2)

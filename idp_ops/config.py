@@ -138,7 +138,17 @@ class BackupSettings(_Strict):
     # or holds the marker file written when the volume was set up.
     destination: Path | None = None
     marker_file: str = ".idp-backup-volume"
+    # Retention as restic's forget: keep the last N, plus the newest snapshot of each of the
+    # last W weeks and M months that have one (a mistaken delete survives about a year).
     keep_snapshots: int = Field(4, ge=1)
+    keep_weekly: int = Field(8, ge=0)
+    keep_monthly: int = Field(12, ge=0)
+    # A run whose store lost more than this share of the latest snapshot's files or bytes
+    # (or is empty) is refused unless allowed for that run: an unmounted disk looks like that.
+    max_shrink_files_fraction: float = Field(0.1, ge=0, le=1)
+    max_shrink_bytes_fraction: float = Field(0.1, ge=0, le=1)
+    # Also snapshot the settings file, secrets, history.duckdb and the Dagster instance.
+    include_state: bool = True
     # Each run re-hashes 1/N of the store on both sides: all of it every N runs.
     scrub_runs: int = Field(8, ge=1)
     excludes: list[str] = ["*.tmp", "cache/"]

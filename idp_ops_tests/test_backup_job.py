@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
+import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, DefaultScheduleStatus
 
@@ -172,3 +174,65 @@ def test_weekly_backup_schedule_runs_sunday_at_three_by_default():
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     job = defs.resolve_job_def("weekly_backup_job")
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} >= {"model_manifest", "model_backup"}
+
+
+def step_failure(result):
+    return [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0].step_failure_data
+
+
+def test_an_emptied_store_fails_the_run_with_the_reason_and_keeps_every_snapshot_unless_allowed(box, tmp_path):
+    models, backups, config = box
+    write_settings(
+        config, home=tmp_path / "home", models_dir=models, backups_dir=backups,
+        backup={"scrub_runs": 1, "keep_snapshots": 1, "keep_weekly": 0, "keep_monthly": 0},
+    )
+    assert run_job("weekly_backup_job", tmp_path, config).success
+    kept = [s.name for s in list_snapshots(backups)]
+    shutil.rmtree(models)
+    models.mkdir()  # the mount point of a models disk that is not mounted
+
+    refused = run_job("weekly_backup_job", tmp_path, config)
+
+    assert not refused.success
+    failure = step_failure(refused)
+    assert "refusing to back up" in failure.error.message and "holds no files" in failure.error.message
+    metadata = failure.user_failure_data.metadata
+    assert metadata["refused"].value is True and "is the models disk mounted" in metadata["refused_reason"].value
+    assert metadata["pruned"].value == [] and metadata["snapshot"].value == "none"
+    assert not any(e.passed for e in checks(refused).values())
+    assert [s.name for s in list_snapshots(backups)] == kept
+    assert backup_rows(tmp_path / "home")[-1][1:3] == ("failed", None)
+
+    allowed = run_job(
+        "weekly_backup_job", tmp_path, config, {"ops": {"model_backup": {"config": {"allow_shrink": True}}}}
+    )
+    assert allowed.success
+    backup = materialization(allowed, "model_backup")
+    assert backup["status"].value == "warning" and backup["pruned"].value == []
+    assert "status is warning" in backup["prune_skipped"].value
+    assert [s.name for s in list_snapshots(backups)] == kept + [backup["snapshot"].value]
+
+
+def test_the_snapshot_holds_the_box_state_with_the_running_dagster_instance_copied_consistently(
+    box, tmp_path, monkeypatch
+):
+    models, backups, config = box
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))  # the instance run_job uses
+    assert run_job("weekly_backup_job", tmp_path, config).success
+
+    result = run_job("weekly_backup_job", tmp_path, config)
+
+    assert result.success
+    backup = materialization(result, "model_backup")
+    assert backup["state_parts"].value == {
+        "settings": "copied", "secrets": "absent", "history": "copied", "dagster": "copied",
+    }
+    state = backups / SNAPSHOTS / backup["snapshot"].value / "state"
+    assert (state / "settings" / config.name).read_text() == config.read_text()
+    # Copied while this very run was writing to the instance: a consistent database holding the earlier run.
+    with sqlite3.connect(state / "dagster" / "history" / "runs.db") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        run_ids = {row[0] for row in con.execute("SELECT run_id FROM runs")}
+    assert backup_rows(tmp_path / "home")[0][0] in run_ids
+    with duckdb.connect(str(state / "history" / "history.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM backup_runs").fetchone()[0] == 1  # the first run's row

@@ -2,7 +2,8 @@
 
 Thin: the work is core/manifest.py and core/rsync.py. Here the results become
 metadata the UI shows, asset checks that name every bad file, and a failed run
-whenever no new good snapshot was made (or the store itself is corrupt).
+whenever no new good snapshot was made (a refused run included: a shrunken or
+empty store), or the store itself is corrupt, or the box's state could not be copied.
 """
 
 from typing import Optional
@@ -72,11 +73,19 @@ def model_manifest(context: AssetExecutionContext, settings: SettingsResource) -
     )
 
 
+class BackupRunConfig(Config):
+    # Back up a store that lost more than backup.max_shrink_*_fraction of the latest
+    # snapshot's files or bytes, or is empty: for this run only (models removed on purpose).
+    allow_shrink: bool = False
+
+
 @asset(
     group_name=GROUP,
     deps=[model_manifest],
     description="A verified rsync snapshot of the model store on the backup volume (unchanged files hard-linked "
-    "to the previous snapshot), with a rotating scrub that re-reads 1/N of the store on both sides.",
+    "to the previous snapshot), with a rotating scrub that re-reads 1/N of the store on both sides, and the box's "
+    "state (settings, secrets, history, Dagster instance). An empty or shrunken store is refused unless the run "
+    "config allows it (allow_shrink).",
     check_specs=[
         AssetCheckSpec(
             "backup_verified",
@@ -96,11 +105,14 @@ def model_manifest(context: AssetExecutionContext, settings: SettingsResource) -
         ),
     ],
 )
-def model_backup(context: AssetExecutionContext, settings: SettingsResource):
+def model_backup(context: AssetExecutionContext, config: BackupRunConfig, settings: SettingsResource):
     cfg = settings.load()
     # backup_store refreshes the manifest itself (near free after model_manifest: all
     # cache hits) so the snapshot is checked against the store as it is now.
-    report = backup_store(cfg, run_id=context.run.run_id, log=context.log.info)
+    report = backup_store(
+        cfg, run_id=context.run.run_id, log=context.log.info, allow_shrink=config.allow_shrink,
+        config_file=settings.config_file,
+    )
     for warning in report.warnings:
         context.log.warning(warning)
     metadata = _backup_metadata(report)
@@ -134,7 +146,18 @@ def _backup_metadata(report: BackupReport) -> dict:
         "files_transferred": report.files_transferred,
         "bytes_transferred": report.bytes_transferred,
         "pruned": report.pruned,
+        "refused": report.refused,
+        "prune_skipped": report.prune_skipped or "",
+        "kept_snapshots": MetadataValue.json(report.retention),
+        "links": report.links,
     }
+    if report.refused:
+        metadata["refused_reason"] = report.message
+    if report.shrink:
+        metadata["shrink"] = MetadataValue.json(report.shrink)
+    if report.state:
+        metadata["state_parts"] = MetadataValue.json(report.state["parts"])
+        metadata["state_errors"] = report.state["errors"]
     if report.manifest_stats:
         metadata["manifest_hashed_files"] = report.manifest_stats["hashed_files"]
         metadata["manifest_seconds"] = report.manifest_stats["seconds"]
@@ -226,7 +249,7 @@ def _check_results(report: BackupReport) -> list[AssetCheckResult]:
 
 
 class RestoreConfig(Config):
-    # Snapshot name (e.g. 20250105T030000Z); empty: the latest verified snapshot.
+    # Snapshot name (e.g. 20250105T030000Z); empty: the latest verified snapshot that holds files (and path).
     snapshot: Optional[str] = None
     # A file or directory relative to the model store; empty: the whole store.
     path: Optional[str] = None
@@ -247,13 +270,15 @@ def restore_models(context: OpExecutionContext, config: RestoreConfig, settings:
     except (RestoreError, ManifestError) as exc:
         raise Failure(description=str(exc)) from None
     context.log.info(
-        f"restored {len(report.restored)} file(s) ({report.bytes_restored / 1e9:.2f} GB) from {report.snapshot}; "
-        f"{len(report.unchanged)} already identical"
+        f"restored {len(report.restored)} file(s) ({report.bytes_restored / 1e9:.2f} GB) from {report.snapshot} "
+        f"({report.chosen_because}); {len(report.unchanged)} already identical"
     )
     yield Output(
         report.as_dict(),
         metadata={
             "snapshot": report.snapshot,
+            "snapshot_chosen_because": report.chosen_because,
+            "skipped_snapshots": MetadataValue.json(report.skipped),
             "path": report.path or "(whole store)",
             "restored": report.restored,
             "unchanged": report.unchanged,

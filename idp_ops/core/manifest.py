@@ -1,7 +1,8 @@
 """Incremental sha256 manifests of a file tree: scan, hash (parallel, cached), write, verify.
 
 A manifest lists every regular file under a root (relative path, size, mtime_ns,
-sha256). It is written as ``manifest.json`` and as ``SHA256SUMS``, which
+sha256) and every symlink (relative path, target: kept and restored as a link). It is
+written as ``manifest.json`` and as ``SHA256SUMS`` (files only), which
 ``cd ROOT && sha256sum -c SHA256SUMS`` accepts.
 
 Hashing a 500 GB store takes minutes even at the hash limit of the machine, so
@@ -19,13 +20,14 @@ with SIGBUS, and a backup must survive a model being overwritten under it.
 Biggest files go first so one 40 GB file does not start last.
 
 Excludes follow rsync's pattern rules (the subset we need, see ``ExcludeRules``)
-so the manifest lists exactly what a backup with the same excludes copies.
+so the manifest lists exactly what a backup with the same excludes copies. Files
+still being written (``IN_PROGRESS_EXCLUDES``) are never listed, whatever the settings say.
 """
 
 from __future__ import annotations
 
 import contextlib
-
+import errno
 import hashlib
 import json
 import os
@@ -56,6 +58,12 @@ CACHE_FLUSH_INTERVAL_S = 30.0
 CHANGED_RETRIES = 2
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# Files still being written are not part of a store, whatever backup.excludes says: a
+# half download would hash and verify as what it is, then restore as a broken model.
+# core/downloads.py writes ``.<name>.part``; huggingface_hub ``*.incomplete``; our atomic
+# writes (fsutil, restore) ``*.tmp``; rsync keeps partial files in ``.rsync-partial/``.
+IN_PROGRESS_EXCLUDES = ("*.part", "*.incomplete", "*.tmp", ".rsync-partial/")
 
 
 class ManifestError(RuntimeError):
@@ -137,15 +145,28 @@ class FileStat:
     inode: int
 
 
-def scan(root: Path, excludes: Iterable[str] = ()) -> list[FileStat]:
-    """Every regular file under ``root``, sorted by path.
+@dataclass(frozen=True)
+class LinkStat:
+    path: str
+    target: str  # what the link holds (os.readlink), not what it resolves to
 
-    Symlinks, sockets and FIFOs are not listed (rsync -a copies symlinks as links;
-    there is nothing to hash). The manifest's own files at the top are skipped.
+
+def scan(root: Path, excludes: Iterable[str] = ()) -> list[FileStat]:
+    """Every regular file under ``root``, sorted by path (see scan_tree)."""
+    return scan_tree(root, excludes)[0]
+
+
+def scan_tree(root: Path, excludes: Iterable[str] = ()) -> tuple[list[FileStat], list[LinkStat]]:
+    """Every regular file and every symlink under ``root``, each sorted by path.
+
+    Symlinks are listed as links (rsync -a copies them as links; a link to a
+    directory is not followed). Sockets and FIFOs are not listed. The manifest's
+    own files at the top and files in progress are skipped.
     """
     root = Path(root)
-    rules = ExcludeRules(excludes)
+    rules = ExcludeRules([*IN_PROGRESS_EXCLUDES, *excludes])
     found: list[FileStat] = []
+    links: list[LinkStat] = []
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -163,6 +184,8 @@ def scan(root: Path, excludes: Iterable[str] = ()) -> list[FileStat]:
                                 continue
                             st = entry.stat(follow_symlinks=False)
                             found.append(FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ino))
+                        elif entry.is_symlink() and not rules.excluded(rel, is_dir=False):
+                            links.append(LinkStat(rel, os.readlink(entry.path)))
                     except FileNotFoundError:
                         continue  # removed while we listed it: it is simply not part of this pass
         except FileNotFoundError:
@@ -175,7 +198,8 @@ def scan(root: Path, excludes: Iterable[str] = ()) -> list[FileStat]:
                 f"cannot list {directory}: {exc.strerror} (a backup must be able to read everything)"
             ) from None
     found.sort(key=lambda f: f.path)
-    return found
+    links.sort(key=lambda f: f.path)
+    return found, links
 
 
 # -- hashing ------------------------------------------------------------------
@@ -411,6 +435,8 @@ class Manifest:
     entries: dict[str, Entry]  # by relative path, in path order
     created_at: str
     excludes: list[str] = field(default_factory=list)
+    # Symlinks by relative path -> their target, kept as links (never followed).
+    links: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -424,6 +450,7 @@ class Manifest:
             "excludes": self.excludes,
             "total_files": len(self.entries),
             "total_bytes": self.total_bytes,
+            "links": [{"path": path, "target": target} for path, target in sorted(self.links.items())],
             "files": [
                 {"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "sha256": e.sha256}
                 for e in self.entries.values()
@@ -432,7 +459,7 @@ class Manifest:
 
     def with_entries(self, entries: Iterable[Entry]) -> Manifest:
         ordered = {e.path: e for e in sorted(entries, key=lambda e: e.path)}
-        return Manifest(self.root, ordered, self.created_at, list(self.excludes))
+        return Manifest(self.root, ordered, self.created_at, list(self.excludes), dict(self.links))
 
 
 @dataclass
@@ -493,7 +520,7 @@ def build_manifest(
     started = time.monotonic()
     root = Path(root).expanduser().resolve()
     excludes = list(excludes)
-    stats = scan(root, excludes)
+    stats, links = scan_tree(root, excludes)
     cache = _load_cache(cache_file, root) if cache_file else {}
     entries: list[Entry] = []
     to_hash: list[FileStat] = []
@@ -519,7 +546,9 @@ def build_manifest(
     )
     for rel, (sha, st) in outcome.hashes.items():
         entries.append(Entry(rel, st.st_size, st.st_mtime_ns, sha))
-    if cache_file:
+    # An empty store is far more often an unmounted disk than a deleted one: keep its
+    # cache rows so that 500 GB are not all re-hashed when the disk comes back.
+    if cache_file and (stats or links):
         present = {str(root / e.path) for e in entries} | {str(root / rel) for rel in outcome.errors}
         gone = [path for path in cache if path not in present]
         if gone:
@@ -527,7 +556,8 @@ def build_manifest(
     if outcome.errors:
         listed = "\n".join(f"  {path}: {why}" for path, why in sorted(outcome.errors.items()))
         raise ManifestError(f"{len(outcome.errors)} file(s) under {root} could not be hashed:\n{listed}")
-    manifest = Manifest(root, {}, utc_now_iso(), excludes).with_entries(entries)
+    manifest = Manifest(root, {}, utc_now_iso(), excludes, {link.path: link.target for link in links})
+    manifest = manifest.with_entries(entries)
     return ManifestResult(
         manifest,
         ManifestStats(
@@ -611,12 +641,25 @@ def load_manifest(path: Path) -> Manifest:
             entry = Entry(str(item["path"]), int(item["size"]), int(item["mtime_ns"]), str(item["sha256"]))
         except (KeyError, TypeError, ValueError):
             raise ManifestError(f"{path}: malformed file entry {item!r}") from None
-        parts = entry.path.split("/")
-        if entry.path.startswith("/") or ".." in parts or "" in parts or not _SHA256_RE.match(entry.sha256):
+        if not _safe_rel(entry.path) or not _SHA256_RE.match(entry.sha256):
             raise ManifestError(f"{path}: refusing unsafe or malformed entry {entry.path!r}")
         entries.append(entry)
-    header = Manifest(Path(data.get("root", "")), {}, str(data.get("created_at", "")), list(data.get("excludes", [])))
+    links = {}
+    for item in data.get("links") or []:  # absent in manifests written before links were kept
+        if not isinstance(item, dict) or not isinstance(item.get("target"), str) or not item["target"]:
+            raise ManifestError(f"{path}: malformed link entry {item!r}")
+        if not isinstance(item.get("path"), str) or not _safe_rel(item["path"]):
+            raise ManifestError(f"{path}: refusing unsafe or malformed link {item.get('path')!r}")
+        links[item["path"]] = item["target"]
+    header = Manifest(
+        Path(data.get("root", "")), {}, str(data.get("created_at", "")), list(data.get("excludes", [])), links
+    )
     return header.with_entries(entries)
+
+
+def _safe_rel(rel: str) -> bool:
+    parts = rel.split("/")
+    return not rel.startswith("/") and ".." not in parts and "" not in parts
 
 
 @dataclass
@@ -641,16 +684,42 @@ def verify(
     progress_interval_s: float = PROGRESS_INTERVAL_S,
     drop_cache: bool = False,
 ) -> VerifyResult:
-    """Re-hash every file the manifest lists under ``root`` (never the cache)."""
+    """Re-hash every file the manifest lists under ``root`` (never the cache); check every link's target."""
     root = Path(root)
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory")
-    return check_entries(
+    result = check_entries(
         root, manifest.entries.values(), workers=workers, progress=progress,
         progress_interval_s=progress_interval_s, drop_cache=drop_cache,
     )
+    missing, mismatched, reasons = check_links(root, manifest.links)
+    result.missing = sorted(result.missing + missing)
+    result.mismatched = sorted(result.mismatched + mismatched)
+    result.reasons.update(reasons)
+    result.checked += len(manifest.links)
+    result.ok = not result.missing and not result.mismatched
+    return result
+
+
+def check_links(root: Path, links: Mapping[str, str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Compare symlinks under ``root`` with ``links``: (missing, mismatched, reasons)."""
+    missing, mismatched, reasons = [], [], {}
+    for rel, target in sorted(links.items()):
+        try:
+            held = os.readlink(Path(root) / rel)
+        except FileNotFoundError:
+            missing.append(rel)
+            continue
+        except OSError as exc:  # EINVAL: there is something, but not a link
+            mismatched.append(rel)
+            reasons[rel] = "not a symlink" if exc.errno == errno.EINVAL else f"cannot read the link: {exc.strerror}"
+            continue
+        if held != target:
+            mismatched.append(rel)
+            reasons[rel] = f"symlink points to {held!r}, manifest says {target!r}"
+    return missing, mismatched, reasons
 
 
 def check_entries(

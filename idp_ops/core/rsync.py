@@ -5,19 +5,38 @@ Layout on the backup volume (``destination``)::
     DEST/
       .idp-backup-volume        marker written when the volume was set up (not needed on a mount point)
       snapshots/
-        .lock                   one backup at a time
+        .lock                   flock: a backup holds it exclusively, restores shared (no prune mid-restore)
         scrub-state.json        the scrub rotation's run counter (it belongs to this volume)
         .in-progress/           the snapshot being made; a failed run leaves it for the next to resume
         20250105T030000Z/       a verified snapshot (UTC start time: names sort by age)
-          models/...            the store; files unchanged since the last snapshot are hard links to it
-          manifest.json         exactly what this snapshot holds, with sha256
+          models/...            the store; files unchanged since the last snapshot are hard links to it;
+                                symlinks are kept as links (and restored as links)
+          manifest.json         exactly what this snapshot holds, with sha256 (and each link's target)
           SHA256SUMS            cd models && sha256sum -c ../SHA256SUMS
           backup.json           the run's report
+          state/                what cannot be downloaded again: settings file, secrets (modes kept), a
+                                consistent copy of history.duckdb, the Dagster instance's SQLite files;
+                                its own manifest.json and state.json (see core/backup_state.py)
 
 A run copies into ``.in-progress`` with ``--link-dest`` to the latest snapshot, checks
 the copy, and only then renames it to its dated name: anything with a dated name
 was verified, a failed run never looks like a good snapshot, and the previous
-snapshot is never written to. Older snapshots are pruned only after that rename.
+snapshot is never written to. Older snapshots are pruned only after that rename,
+and only after a clean run (status ok): a warning or a failure keeps every snapshot.
+Retention is restic's keep-last / keep-weekly / keep-monthly (core/backup_retention.py).
+
+Before anything is written, the run is judged against the latest snapshot's own
+manifest (core/backup_guard.py): an empty store, or one that lost more than
+``max_shrink_*_fraction`` of that snapshot's files or bytes, is refused (an
+unmounted models disk looks exactly like that) unless allowed for the run; so is a
+symlink that leads out of the store (only the link would be kept). A file whose
+sha256 differs from that snapshot's record while its size and mtime did not move is
+source rot, even when the hash cache was lost and the manifest re-hashed it: the
+snapshot's record stays the truth, its good copy is linked into the new snapshot,
+the file is reported source-corrupt and the run fails.
+
+Files in progress (``*.part`` downloads, ``*.incomplete``, ``*.tmp``) are neither in
+the manifest nor copied (manifest.IN_PROGRESS_EXCLUDES).
 
 Verification after rsync, cheapest first:
   * every file the manifest lists is in the snapshot with its size, and the plan's
@@ -37,7 +56,6 @@ Verification after rsync, cheapest first:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -47,22 +65,45 @@ import subprocess
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
+from idp_ops.core import backup_guard, backup_state
+from idp_ops.core.backup_restore import (  # noqa: F401  (the restore is part of this module's public API)
+    RestoreReport,
+    StateRestoreReport,
+    resolve_snapshot,
+    restore,
+    restore_state,
+)
+from idp_ops.core.backup_retention import SNAPSHOT_RE, retention  # noqa: F401
+from idp_ops.core.backup_retention import snapshot_key as _snapshot_key
+from idp_ops.core.backup_volume import (  # noqa: F401
+    DATA,
+    LOCK_NAME,
+    SNAPSHOTS,
+    BackupError,
+    BackupRefused,
+    DestinationRefused,
+    RestoreError,
+    list_snapshots,
+)
+from idp_ops.core.backup_volume import copy_verified as _copy_verified
+from idp_ops.core.backup_volume import fsync_dir as _fsync_dir
+from idp_ops.core.backup_volume import volume_lock as _exclusive
 from idp_ops.core.fsutil import atomic_write_json
 from idp_ops.core.manifest import (
     BLOCK_SIZE,
+    IN_PROGRESS_EXCLUDES,
     MANIFEST_NAME,
     OWN_FILES,
     Entry,
     Manifest,
     ManifestError,
     build_manifest,
-    check_entries,
+    check_links,
     hash_files,
     load_manifest,
     scan,
@@ -74,14 +115,10 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 
-SNAPSHOTS = "snapshots"
 IN_PROGRESS = ".in-progress"
-DATA = "models"
 PARTIAL_DIR = ".rsync-partial"
 REPORT_NAME = "backup.json"
 SCRUB_STATE = "scrub-state.json"
-LOCK_NAME = ".lock"
-SNAPSHOT_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
 PROGRESS_INTERVAL_S = 10.0
 
 # rsync(1) EXIT VALUES, so a failure reads as words and not a number.
@@ -105,18 +142,6 @@ RSYNC_EXIT_MEANINGS = {
     35: "timeout waiting for daemon connection",
 }
 RSYNC_VANISHED = 24
-
-
-class BackupError(RuntimeError):
-    """A backup that cannot run or did not produce a good snapshot; the message says why and what to do."""
-
-
-class DestinationRefused(BackupError):
-    pass
-
-
-class RestoreError(RuntimeError):
-    """A restore that cannot run or was stopped before it replaced a file it could not trust."""
 
 
 def _quiet(_: str) -> None:
@@ -166,21 +191,6 @@ def _refuse_overlap(source: Path, destination: Path) -> None:
         raise DestinationRefused(f"backup destination {destination} and source {source} overlap: use a separate volume")
 
 
-def _snapshot_key(name: str) -> tuple[str, int]:
-    match = SNAPSHOT_RE.match(name)
-    assert match, name
-    return match.group(1), int(match.group(2) or 1)
-
-
-def list_snapshots(destination: Path) -> list[Path]:
-    """Verified snapshots, oldest first. Only a verified run renames its directory to a dated name."""
-    root = Path(destination) / SNAPSHOTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if SNAPSHOT_RE.match(p.name) and (p / MANIFEST_NAME).is_file()]
-    return sorted(found, key=lambda p: _snapshot_key(p.name))
-
-
 def _new_snapshot_name(root: Path, started: datetime, latest: Path | None) -> str:
     base = started.strftime("%Y%m%dT%H%M%SZ")
     seq = 1
@@ -200,27 +210,6 @@ def scrub_slice_of(path: str, slices: int) -> int:
     """Which scrub slice a small file belongs to (big ones are split, see scrub_ranges):
     a hash of its path, so adding or removing files never moves the others."""
     return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") % slices
-
-
-@contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupError(f"another backup is writing to {root} right now (it holds {root / LOCK_NAME})") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- running rsync ------------------------------------------------------------
@@ -292,7 +281,7 @@ def run_rsync(
     ]
     if link_dest is not None:
         command.append(f"--link-dest={link_dest}")
-    command += [f"--exclude={pattern}" for pattern in excludes]
+    command += [f"--exclude={pattern}" for pattern in (*IN_PROGRESS_EXCLUDES, *excludes)]
     # A manifest written into the store (`idp-ops manifest DIR`) is not part of it, as in scan():
     # the snapshot holds exactly what its own manifest lists.
     command += [f"--exclude=/{name}" for name in sorted(OWN_FILES)]
@@ -413,6 +402,14 @@ class BackupReport:
     verification: Verification | None = None
     pruned: list[str] = field(default_factory=list)
     manifest_stats: dict | None = None
+    # Refused before anything was written (shrunken or empty store, links leaving it).
+    refused: bool = False
+    shrink: dict | None = None  # the comparison with the latest snapshot (backup_guard.ShrinkCheck)
+    # Kept snapshots and the rules that keep them; why nothing was pruned, when it was not.
+    retention: dict[str, list[str]] = field(default_factory=dict)
+    prune_skipped: str | None = None
+    state: dict | None = None  # the box's state copied into the snapshot (backup_state.StateCapture)
+    links: int = 0
 
     @property
     def ok(self) -> bool:
@@ -429,14 +426,21 @@ def backup(
     *,
     marker_file: str = ".idp-backup-volume",
     keep_snapshots: int = 4,
+    keep_weekly: int = 0,
+    keep_monthly: int = 0,
     scrub_runs: int = 8,
     excludes: Iterable[str] = (),
     workers: int = 0,
+    allow_shrink: bool = False,
+    max_shrink_files_fraction: float = 0.1,
+    max_shrink_bytes_fraction: float = 0.1,
+    state: backup_state.StateSources | None = None,
     log: Log = _quiet,
     on_rsync_output: Callable[[str], None] | None = None,
     progress_interval_s: float = PROGRESS_INTERVAL_S,
 ) -> BackupReport:
-    """Make one verified snapshot of ``source`` (described by ``manifest``) on ``destination``.
+    """Make one verified snapshot of ``source`` (described by ``manifest``) on ``destination``,
+    with the box's ``state`` beside the models when given.
 
     Never raises for a run that went wrong: the report's ``status`` is "failed" and
     its ``message`` says what happened, what was kept and what to do, so every run,
@@ -453,13 +457,17 @@ def backup(
     try:
         report.destination_kind = check_destination(destination, marker_file)
         _refuse_overlap(source, destination)
+        # Judged before the volume is touched: a refused run writes nothing there.
+        _guard(report, source, destination, manifest, allow_shrink=allow_shrink,
+               max_files=max_shrink_files_fraction, max_bytes=max_shrink_bytes_fraction, log=log)
         root = destination / SNAPSHOTS
         root.mkdir(exist_ok=True)
         with _exclusive(root):
             _make_snapshot(
                 report, source, root, manifest, started,
-                keep_snapshots=keep_snapshots, scrub_runs=scrub_runs, excludes=list(excludes), workers=workers,
-                log=log, on_rsync_output=on_rsync_output, progress_interval_s=progress_interval_s,
+                keep=(keep_snapshots, keep_weekly, keep_monthly), scrub_runs=scrub_runs, excludes=list(excludes),
+                workers=workers, state=state, log=log, on_rsync_output=on_rsync_output,
+                progress_interval_s=progress_interval_s,
             )
     except (BackupError, ManifestError) as exc:
         report.status = "failed"
@@ -472,6 +480,39 @@ def backup(
     return report
 
 
+def _guard(
+    report: BackupReport, source: Path, destination: Path, manifest: Manifest, *,
+    allow_shrink: bool, max_files: float, max_bytes: float, log: Log,
+) -> None:
+    leaving = backup_guard.links_leaving(source, manifest.links)
+    if leaving:
+        report.refused = True
+        raise BackupRefused(
+            f"refusing to back up: {len(leaving)} symlink(s) in {source} lead out of the store, so only the link "
+            f"would be kept, not what it points to: {', '.join(leaving[:10])}. Move the files into the store (or add "
+            f"the links to backup.excludes). Nothing was written to {destination}."
+        )
+    latest = list_snapshots(destination)[-1:]
+    previous = None
+    if latest:
+        try:
+            previous = load_manifest(latest[0] / MANIFEST_NAME)
+        except ManifestError as exc:
+            report.warnings.append(f"latest snapshot's manifest is unreadable ({exc}); only emptiness was checked")
+    check = backup_guard.check_shrink(
+        previous, manifest, previous_name=latest[0].name if latest else None,
+        max_files_fraction=max_files, max_bytes_fraction=max_bytes,
+    )
+    report.shrink = check.as_dict()
+    if check.refused and not allow_shrink:
+        report.refused = True
+        raise BackupRefused(backup_guard.refusal_message(check, destination))
+    if check.refused:
+        # Allowed by a person for this run; still not a clean run, so nothing is pruned after it.
+        report.warnings.append(f"allowed for this run (allow_shrink): {check.reason}")
+        log(f"shrink allowed for this run: {check.reason}")
+
+
 def _make_snapshot(
     report: BackupReport,
     source: Path,
@@ -479,10 +520,11 @@ def _make_snapshot(
     manifest: Manifest,
     started: datetime,
     *,
-    keep_snapshots: int,
+    keep: tuple[int, int, int],
     scrub_runs: int,
     excludes: list[str],
     workers: int,
+    state: backup_state.StateSources | None,
     log: Log,
     on_rsync_output: Callable[[str], None] | None,
     progress_interval_s: float,
@@ -490,12 +532,21 @@ def _make_snapshot(
     snapshots = list_snapshots(root.parent)
     previous = snapshots[-1] if snapshots else None
     report.previous = previous.name if previous else None
+    report.links = len(manifest.links)
     previous_manifest = None
     if previous is not None:
         try:
             previous_manifest = load_manifest(previous / MANIFEST_NAME)
         except ManifestError as exc:
             report.warnings.append(f"previous snapshot's manifest is unreadable ({exc}); space estimate skipped")
+    # Same size and mtime as the previous snapshot's record but another hash: rot or tampering
+    # on the store, not a change. That record stays the truth, so its good copy is what this
+    # snapshot holds and lists (rsync hard-links it: the stat matches).
+    rotten = backup_guard.source_rot(previous_manifest, manifest)
+    if rotten:
+        manifest = manifest.with_entries([rotten.get(p, e) for p, e in manifest.entries.items()])
+        log(f"{len(rotten)} file(s) differ from snapshot {previous.name}'s record with size and mtime unchanged: "
+            + ", ".join(sorted(rotten)))
     work = root / IN_PROGRESS
     report.resumed = work.is_dir()
     if report.resumed:
@@ -538,12 +589,19 @@ def _make_snapshot(
         report.warnings.append(
             "rsync exit 24: files vanished from the source while it ran (they are left out of this snapshot)"
         )
+    for rel in rotten:
+        _keep_previous_copy(previous / DATA / rel, work_data / rel)
 
-    state = _read_scrub_state(root)
+    scrub_state = _read_scrub_state(root)
     verification, added_entries = _verify(
         source, work_data, manifest, result, previous, excludes=excludes,
-        scrub_slice=state["runs"] % scrub_runs, scrub_slices=scrub_runs, workers=workers, log=log,
+        scrub_slice=scrub_state["runs"] % scrub_runs, scrub_slices=scrub_runs, workers=workers, log=log,
         progress_interval_s=progress_interval_s,
+        source_rot={
+            rel: f"sha256 on the store differs from snapshot {previous.name}'s record with size and mtime unchanged "
+            "(bit rot or tampering); the backup keeps the good copy"
+            for rel in rotten
+        },
     )
     report.verification = verification
     if not verification.ok:
@@ -553,14 +611,20 @@ def _make_snapshot(
             (work_data / rel).unlink(missing_ok=True)
         raise BackupError(_verification_failure(verification, kept, work))
 
+    if state is not None:
+        captured = backup_state.capture_state(state, work / backup_state.STATE, log=log)
+        report.state = captured.summary()
+
     # The snapshot's own manifest: what it really holds, for verify and restore later.
     snapshot_manifest = manifest.with_entries(
         [e for p, e in manifest.entries.items() if p not in set(verification.vanished)] + added_entries
     )
+    for rel in verification.vanished:
+        snapshot_manifest.links.pop(rel, None)
     name = _new_snapshot_name(root, started, previous)
     report.snapshot = name
     report.status = "warning" if report.warnings or verification.repaired or verification.vanished else "ok"
-    if verification.source_corrupt:
+    if verification.source_corrupt or (report.state and report.state["errors"]):
         report.status = "failed"
     write_manifest(snapshot_manifest, work)
     report.message = _summary(report)
@@ -569,17 +633,51 @@ def _make_snapshot(
     _fsync_dir(root)
     log(f"snapshot {name} verified and in place")
     atomic_write_json(
-        root / SCRUB_STATE, {"runs": state["runs"] + 1, "last_slice": verification.scrub_slice, "slices": scrub_runs}
+        root / SCRUB_STATE,
+        {"runs": scrub_state["runs"] + 1, "last_slice": verification.scrub_slice, "slices": scrub_runs},
     )
+    _prune(report, root, keep, log)
+    report.message = _summary(report)
 
-    for old in list_snapshots(root.parent)[: -max(1, keep_snapshots)]:
+
+def _prune(report: BackupReport, root: Path, keep: tuple[int, int, int], log: Log) -> None:
+    """Retention, after a clean run only: a warning or a failure may mean the store is not what it
+    should be, and the older snapshots are then exactly what must survive."""
+    if report.status != "ok":
+        report.prune_skipped = f"this run's status is {report.status}: every snapshot is kept"
+        log(f"not pruning: {report.prune_skipped}")
+        return
+    last, weekly, monthly = keep
+    snapshots = list_snapshots(root.parent)
+    report.retention = retention([s.name for s in snapshots], last=last, weekly=weekly, monthly=monthly)
+    for old in snapshots:
+        if old.name in report.retention:
+            continue
         try:
             shutil.rmtree(old)
             report.pruned.append(old.name)
-            log(f"pruned snapshot {old.name} (keeping the last {keep_snapshots})")
+            log(f"pruned snapshot {old.name} (keeping the last {last}, {weekly} weekly, {monthly} monthly)")
         except OSError as exc:
             report.warnings.append(f"could not prune {old.name}: {exc}")
-    report.message = _summary(report)
+
+
+def _keep_previous_copy(good: Path, copy: Path) -> None:
+    """Make ``copy`` (in the new snapshot) the previous snapshot's copy, whatever rsync left there
+    (a resumed run may hold the rotten bytes): a hard link, swapped in by one rename. Without a
+    previous copy the rotten one is removed, and verification reports the file missing."""
+    try:
+        if os.stat(good).st_ino == os.stat(copy).st_ino:
+            return
+    except FileNotFoundError:
+        pass
+    if not good.is_file():
+        copy.unlink(missing_ok=True)
+        return
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_name(f".{copy.name}.idp-link-{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.link(good, tmp)
+    os.replace(tmp, copy)
 
 
 def _check_space(
@@ -636,10 +734,16 @@ def _verify(
     workers: int,
     log: Log,
     progress_interval_s: float,
+    source_rot: dict[str, str] | None = None,
 ) -> tuple[Verification, list[Entry]]:
     """Check the copy in ``work_data``; also return manifest entries for files that
-    appeared on the source during the run and were copied intact."""
+    appeared on the source during the run and were copied intact. ``source_rot`` names
+    files whose store copy is known bad (path -> why): their backup copy is hashed too,
+    since it is now the only good one."""
+    source_rot = source_rot or {}
     v = Verification(scrub_slice=scrub_slice, scrub_slices=scrub_slices)
+    v.source_corrupt = sorted(source_rot)
+    v.reasons.update(source_rot)
     held = {f.path: f for f in scan(work_data, excludes)}
     linked = {f.path: f.inode for f in scan(previous / DATA, excludes)} if previous else {}
     expected: dict[str, Entry] = {}
@@ -662,7 +766,7 @@ def _verify(
     # link into the previous snapshot (a resumed run's earlier copies: rsync skips those).
     written = sorted(
         rel for rel in expected
-        if rel not in bad and (rel in result.transferred or linked.get(rel) != held[rel].inode)
+        if rel not in bad and (rel in result.transferred or linked.get(rel) != held[rel].inode or rel in source_rot)
     )
     scrub = scrub_ranges([e for rel, e in expected.items() if rel not in bad], scrub_slice, scrub_slices)
     log(
@@ -703,9 +807,17 @@ def _verify(
 
     _scrub(source, work_data, expected, scrub, v, dest_sha=dest_sha, written=set(written), workers=workers, log=log)
 
+    # Links: each one as the manifest records it (a link that vanished from the source is left out).
+    link_missing, link_bad, link_reasons = check_links(work_data, manifest.links)
+    v.vanished += [rel for rel in link_missing if not os.path.lexists(source / rel)]
+    v.missing += [rel for rel in link_missing if os.path.lexists(source / rel)]
+    v.mismatched += link_bad
+    v.reasons.update(link_reasons)
+
     v.files_expected = len(expected) + len(v.added)
     v.files_in_snapshot = len(held)
-    for listed in (v.missing, v.vanished, v.source_corrupt, v.repaired):
+    v.source_corrupt = sorted(set(v.source_corrupt))
+    for listed in (v.missing, v.vanished, v.repaired):
         listed.sort()
     v.mismatched = sorted(set(v.mismatched))
     added_entries = [
@@ -814,7 +926,7 @@ def _scrub(
     for rel, problem in outcome.items():
         if problem.startswith("cannot read"):
             v.source_corrupt.append(rel)
-            v.reasons[rel] = f"scrub {problem}"
+            v.reasons.setdefault(rel, f"scrub {problem}")
     suspects = sorted(rel for rel, problem in outcome.items() if problem == "differ")
     if not suspects:
         return
@@ -827,13 +939,15 @@ def _scrub(
         if rel not in at_source.hashes:
             if rel in at_source.errors:
                 v.source_corrupt.append(rel)
-                v.reasons[rel] = f"source {at_source.errors[rel]}"
+                v.reasons.setdefault(rel, f"source {at_source.errors[rel]}")
             continue  # gone from the source since: nothing to judge
         src_sha, src_stat = at_source.hashes[rel]
         if src_sha != good:
             if (src_stat.st_size, src_stat.st_mtime_ns) == (expected[rel].size, expected[rel].mtime_ns):
                 v.source_corrupt.append(rel)
-                v.reasons[rel] = "source content differs from its manifest hash with size and mtime unchanged (bit rot)"
+                v.reasons.setdefault(
+                    rel, "source content differs from its manifest hash with size and mtime unchanged (bit rot)"
+                )
             else:
                 log(f"{rel} changed on the source during the run; the next run backs up the new version")
         copy_sha = dest_sha.get(rel) or (at_dest.hashes[rel][0] if rel in at_dest.hashes else None)
@@ -883,167 +997,16 @@ def _summary(report: BackupReport) -> str:
             )
         if v.vanished:
             parts.append("vanished during the run: " + ", ".join(v.vanished))
+    if report.state:
+        parts.append("state: " + ", ".join(f"{part} {status}" for part, status in report.state["parts"].items()))
+        if report.state["errors"]:
+            parts.append("STATE NOT BACKED UP: " + "; ".join(report.state["errors"]))
     if report.pruned:
         parts.append("pruned " + ", ".join(report.pruned))
+    if report.prune_skipped:
+        parts.append("nothing pruned: " + report.prune_skipped)
     parts += report.warnings
     return "; ".join(parts)
-
-
-def _copy_verified(src: Path, dst: Path, sha256: str) -> bool:
-    """Copy ``src`` over ``dst`` atomically, hashing the bytes as they are copied; the
-    copy replaces ``dst`` only if it hashes to ``sha256``.
-
-    The temp name ends in .tmp, which the backup excludes, so a copy caught half-way
-    by a backup is never taken for a model.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.idp-copy-{os.getpid()}.tmp")
-    digest = hashlib.sha256()
-    buf = bytearray(BLOCK_SIZE)
-    view = memoryview(buf)
-    try:
-        with open(src, "rb", buffering=0) as reader, open(tmp, "wb", buffering=0) as writer:
-            while n := reader.readinto(buf):
-                digest.update(view[:n])
-                writer.write(view[:n])
-            writer.flush()
-            os.fsync(writer.fileno())
-            st = os.fstat(reader.fileno())
-        if digest.hexdigest() != sha256:
-            tmp.unlink(missing_ok=True)
-            return False
-        shutil.copystat(src, tmp)
-        if os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
-        return True
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# -- restore ------------------------------------------------------------------
-
-
-@dataclass
-class RestoreReport:
-    snapshot: str
-    target: str
-    path: str | None
-    restored: list[str]
-    unchanged: list[str]
-    bytes_restored: int
-    seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def resolve_snapshot(destination: Path, name: str | None) -> Path:
-    snapshots = list_snapshots(destination)
-    if not snapshots:
-        raise RestoreError(f"no verified snapshots in {Path(destination) / SNAPSHOTS} (is the backup volume mounted?)")
-    if not name:
-        return snapshots[-1]
-    for snap in snapshots:
-        if snap.name == name:
-            return snap
-    raise RestoreError(f"no snapshot named {name!r}; available: {', '.join(s.name for s in snapshots)}")
-
-
-def restore(
-    destination: Path,
-    target_root: Path,
-    *,
-    snapshot: str | None = None,
-    path: str | None = None,
-    workers: int = 0,
-    log: Log = _quiet,
-) -> RestoreReport:
-    """Copy one file or directory (``path``, relative to the store) or the whole store
-    back from a snapshot (default: the latest).
-
-    Every snapshot copy to be restored is hashed against that snapshot's manifest
-    before anything is replaced; a single bad copy stops the restore with nothing
-    touched. Each file is then copied to a temp name, hashed again while copying,
-    and renamed over its target. Files already identical are left alone, and files
-    the snapshot does not hold are never deleted.
-    """
-    started = time.monotonic()
-    destination = Path(destination).resolve()
-    target_root = Path(target_root).resolve()
-    snap = resolve_snapshot(destination, snapshot)
-    try:
-        manifest = load_manifest(snap / MANIFEST_NAME)
-    except ManifestError as exc:
-        raise RestoreError(f"snapshot {snap.name} cannot be used: {exc}") from None
-    selected = _select(manifest, path, target_root, snap.name)
-    data = snap / DATA
-
-    # Targets that already hold the right bytes need no copy.
-    same_size = []
-    for entry in selected:
-        try:
-            st = os.stat(target_root / entry.path)
-        except OSError:
-            continue
-        if st.st_size == entry.size:
-            same_size.append(entry)
-    current = check_entries(target_root, same_size, workers=workers)
-    differing = set(current.mismatched) | set(current.missing)
-    unchanged = sorted(e.path for e in same_size if e.path not in differing)
-    to_restore = [e for e in selected if e.path not in set(unchanged)]
-
-    log(f"checking {len(to_restore)} file(s) in snapshot {snap.name} against its manifest before replacing anything")
-    checked = check_entries(data, to_restore, workers=workers, drop_cache=True,
-                            progress=lambda p: log(p.describe()))
-    if not checked.ok:
-        problems = [f"  MISMATCH {rel}: {checked.reasons.get(rel, '')}" for rel in checked.mismatched]
-        problems += [f"  MISSING  {rel}" for rel in checked.missing]
-        others = [s.name for s in list_snapshots(destination) if s.name != snap.name]
-        raise RestoreError(
-            f"snapshot {snap.name} does not hold good copies of {len(problems)} file(s); nothing was replaced:\n"
-            + "\n".join(problems)
-            + (f"\nTry an older snapshot (--snapshot NAME): {', '.join(others)}" if others else "")
-        )
-
-    restored, restored_bytes = [], 0
-    for entry in to_restore:
-        target = target_root / entry.path
-        if target.is_dir() and not target.is_symlink():
-            raise RestoreError(f"{target} is a directory where the snapshot has a file; restored so far: {restored}")
-        if not _copy_verified(data / entry.path, target, entry.sha256):
-            raise RestoreError(
-                f"{entry.path} in snapshot {snap.name} changed while it was being restored; it was not replaced. "
-                f"Restored so far: {restored}"
-            )
-        restored.append(entry.path)
-        restored_bytes += entry.size
-        log(f"restored {entry.path} ({_gb(entry.size)})")
-    seconds = round(time.monotonic() - started, 3)
-    return RestoreReport(snap.name, str(target_root), path, restored, unchanged, restored_bytes, seconds)
-
-
-def _select(manifest: Manifest, path: str | None, target_root: Path, snapshot: str) -> list[Entry]:
-    if not path:
-        return list(manifest.entries.values())
-    given = Path(path)
-    if given.is_absolute():
-        try:
-            given = given.relative_to(target_root)
-        except ValueError:
-            raise RestoreError(f"{path} is not inside the model store {target_root}") from None
-    rel = PurePosixPath(given.as_posix())
-    if ".." in rel.parts:
-        raise RestoreError(f"{path}: a path inside the model store may not contain '..'")
-    wanted = str(rel).strip("/")
-    if wanted in ("", "."):
-        return list(manifest.entries.values())
-    selected = [e for p, e in manifest.entries.items() if p == wanted or p.startswith(wanted + "/")]
-    if not selected:
-        raise RestoreError(f"snapshot {snapshot} holds no file or directory {wanted!r}")
-    return selected
 
 
 # -- settings-level entry points (the asset and the CLI share them) -----------
@@ -1060,9 +1023,14 @@ def backup_store(
     run_id: str | None = None,
     log: Log = _quiet,
     on_rsync_output: Callable[[str], None] | None = None,
+    allow_shrink: bool = False,
+    config_file: str | Path | None = None,
+    dagster_home: str | Path | None = None,
 ) -> BackupReport:
     """The weekly run: refresh the manifest (incremental: near free when nothing changed),
-    snapshot, verify, prune, and record the run in history whatever its outcome."""
+    snapshot the store and the box's state (settings file: ``config_file``, else the one
+    load_settings finds; Dagster instance: ``dagster_home``, else $DAGSTER_HOME), verify,
+    prune, and record the run in history whatever its outcome."""
     cfg = settings.backup
     source = settings.models_dir
     try:
@@ -1081,9 +1049,15 @@ def backup_store(
             str(source), str(cfg.destination), now, finished_at=now, message=f"manifest failed: {exc}"
         )
     else:
+        state = None
+        if cfg.include_state:
+            state = backup_state.state_sources(settings, config_file=config_file, dagster_home=dagster_home)
         report = backup(
             source, cfg.destination, built.manifest, marker_file=cfg.marker_file, keep_snapshots=cfg.keep_snapshots,
-            scrub_runs=cfg.scrub_runs, excludes=cfg.excludes, workers=cfg.hash_workers, log=log,
+            keep_weekly=cfg.keep_weekly, keep_monthly=cfg.keep_monthly, scrub_runs=cfg.scrub_runs,
+            excludes=cfg.excludes, workers=cfg.hash_workers, allow_shrink=allow_shrink,
+            max_shrink_files_fraction=cfg.max_shrink_files_fraction,
+            max_shrink_bytes_fraction=cfg.max_shrink_bytes_fraction, state=state, log=log,
             on_rsync_output=on_rsync_output,
         )
         report.manifest_stats = built.stats.as_dict()

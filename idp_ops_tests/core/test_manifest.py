@@ -254,3 +254,66 @@ def test_cli_manifest_then_verify_catches_one_flipped_bit_and_names_the_file(sto
     no_manifest = _cli("verify", str(store), "--manifest", str(tmp_path / "absent.json"))
     assert no_manifest.returncode == 2
     assert "does not exist" in no_manifest.stderr and "Traceback" not in no_manifest.stderr
+
+
+def test_files_in_progress_are_never_listed_whatever_the_excludes(store, tmp_path):
+    # core/downloads.py's partial, huggingface_hub's, an atomic write's temp: none is part of the store.
+    (store / "llama" / ".model-00002.gguf.part").write_bytes(b"half a download")
+    (store / "qwen" / "blob.incomplete").write_bytes(b"half a hub download")
+    (store / "qwen" / ".weights.safetensors.1234.tmp").write_bytes(b"half a write")
+    (store / ".rsync-partial").mkdir()
+    (store / ".rsync-partial" / "x.gguf").write_bytes(b"rsync's partial")
+    (store / "llama" / "notes.partial.txt").write_bytes(b"a real file whose name merely contains part")
+
+    built = build_manifest(store, excludes=[])  # no configured excludes at all
+
+    assert sorted(built.manifest.entries) == [
+        "empty.bin", "llama/config.json", "llama/model-00001.gguf", "llama/notes.partial.txt",
+        "qwen/tokenizer.json", "qwen/weights.safetensors",
+    ]
+
+
+def test_symlinks_are_listed_as_links_with_their_target_and_verify_checks_them(store, tmp_path):
+    (store / "llama" / "latest.gguf").symlink_to("model-00001.gguf")
+    (store / "current").symlink_to("qwen")  # a link to a directory: listed, not followed
+    built = build_manifest(store)
+    assert built.manifest.links == {"current": "qwen", "llama/latest.gguf": "model-00001.gguf"}
+    assert "current/tokenizer.json" not in built.manifest.entries and len(built.manifest.entries) == 5
+    json_file, sums = write_manifest(built.manifest, tmp_path / "m")
+    assert load_manifest(json_file).links == built.manifest.links
+    assert "latest.gguf" not in sums.read_text()  # sha256sum -c checks files only
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy, symlinks=True)
+    assert verify(copy, json_file).as_dict() == {"ok": True, "checked": 7, "mismatched": [], "missing": []}
+
+    (copy / "current").unlink()
+    (copy / "llama" / "latest.gguf").unlink()
+    (copy / "llama" / "latest.gguf").symlink_to("elsewhere.gguf")
+    result = verify(copy, json_file)
+    assert result.missing == ["current"] and result.mismatched == ["llama/latest.gguf"]
+    assert result.reasons["llama/latest.gguf"] == "symlink points to 'elsewhere.gguf', manifest says 'model-00001.gguf'"
+
+
+def test_a_manifest_link_that_could_escape_the_root_is_refused(tmp_path):
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps({"format": "idp-ops-manifest/1", "files": [], "links": [
+        {"path": "../outside", "target": "x"}
+    ]}))
+    with pytest.raises(ManifestError, match="unsafe or malformed link '../outside'"):
+        load_manifest(evil)
+
+
+def test_an_empty_store_keeps_its_hash_cache_for_when_the_disk_comes_back(store, tmp_path):
+    cache = tmp_path / "history.duckdb"
+    build_manifest(store, cache_file=cache)
+    moved = tmp_path / "unmounted"
+    store.rename(moved)
+    store.mkdir()  # the mount point of a disk that is not mounted: empty
+
+    assert build_manifest(store, cache_file=cache).manifest.entries == {}
+
+    store.rmdir()
+    moved.rename(store)  # mounted again: same files, same inodes
+    again = build_manifest(store, cache_file=cache)
+    assert again.stats.hashed_files == 0 and again.stats.reused_files == 5

@@ -1,13 +1,16 @@
 """Snapshot backups with the real rsync on real files: verification, scrub, refusal, full disk,
-vanished files, retention, restore."""
+vanished files, retention, restore, the lock, links and files in progress."""
 
 from __future__ import annotations
 
 import fcntl
 import filecmp
+import hashlib
 import os
 import re
+import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -425,3 +428,234 @@ def test_restore_errors_are_clear(store, dest, tmp_path):
         restore(dest, store, path="../etc")
     with pytest.raises(RestoreError, match="not inside the model store"):
         restore(dest, store, path=str(tmp_path / "elsewhere"))
+
+
+# -- source rot when the hash cache is lost -------------------------------------
+
+
+@pytest.mark.parametrize("scrub_runs", [1, 1000], ids=["in-the-scrub-slice", "not-scrubbed-this-run"])
+def test_source_rot_after_the_hash_cache_is_lost_keeps_the_good_copy_and_fails_naming_the_file(
+    store, dest, tmp_path, scrub_runs
+):
+    rel = "llama/model-00001.gguf"
+    cache = tmp_path / "history.duckdb"
+    first = run_backup(store, dest, cache_file=cache, scrub_runs=scrub_runs)
+    assert first.status == "ok", first.message
+    good = (store / rel).read_bytes()
+    flip_bit(store / rel, 4242)  # size and mtime_ns put back
+    cache.unlink()  # the hash cache is gone: the manifest re-hashes the rotten file as if it were the truth
+    if scrub_runs == 1000:
+        assert scrub_slice_of(rel, 1000) != 1  # the second run's slice: only the manifest comparison can see it
+
+    second = run_backup(store, dest, cache_file=cache, scrub_runs=scrub_runs)
+
+    assert second.status == "failed" and not second.ok and second.snapshot is not None
+    assert second.verification.source_corrupt == [rel] and second.verification.repaired == []
+    assert f"snapshot {first.snapshot}'s record with size and mtime unchanged" in second.verification.reasons[rel]
+    assert "SOURCE CORRUPT" in second.message and rel in second.message
+    snap = snapshot_dir(dest, second.snapshot)
+    # The new snapshot holds the good bytes and records their hash; nothing overwrote the old copy.
+    assert (snap / DATA / rel).read_bytes() == good
+    assert load_manifest(snap / MANIFEST_NAME).entries[rel].sha256 == hashlib.sha256(good).hexdigest()
+    assert (snapshot_dir(dest, first.snapshot) / DATA / rel).read_bytes() == good
+    assert verify_snapshot(dest, second.snapshot).ok
+
+    # The cache now holds the rotten hash: the next run still compares with the snapshot's record.
+    third = run_backup(store, dest, cache_file=cache, scrub_runs=scrub_runs)
+    assert third.verification.source_corrupt == [rel] and third.status == "failed"
+    # And the good copy comes back with a plain restore; after it the store backs up clean.
+    assert restore(dest, store, path=rel).restored == [rel]
+    assert (store / rel).read_bytes() == good
+    assert run_backup(store, dest, cache_file=cache, scrub_runs=scrub_runs).status == "ok"
+
+
+# -- pruning ------------------------------------------------------------------
+
+
+def test_nothing_is_pruned_after_a_failed_or_warning_run_and_a_clean_run_prunes_again(store, dest):
+    keep = {"keep_snapshots": 1, "keep_weekly": 0, "keep_monthly": 0, "scrub_runs": 1}
+    first = run_backup(store, dest, **keep)
+    second = run_backup(store, dest, **keep)
+    assert second.pruned == [first.snapshot] and second.retention == {second.snapshot: ["last 1"]}
+
+    # Failed: bit rot on the store.
+    flip_bit(store / "qwen/tokenizer.json", 3)
+    failed = run_backup(store, dest, **keep)
+    assert failed.status == "failed" and failed.pruned == []
+    assert failed.prune_skipped == "this run's status is failed: every snapshot is kept"
+    assert "nothing pruned" in failed.message
+    restore(dest, store, path="qwen/tokenizer.json")
+
+    # Warning: a rotten backup copy, replaced in the new snapshot.
+    flip_bit(snapshot_dir(dest, failed.snapshot) / DATA / "qwen/weights.safetensors", 9)
+    warning = run_backup(store, dest, **keep)
+    assert warning.status == "warning" and warning.verification.repaired == ["qwen/weights.safetensors"]
+    assert warning.pruned == []
+    assert [s.name for s in list_snapshots(dest)] == [second.snapshot, failed.snapshot, warning.snapshot]
+
+    clean = run_backup(store, dest, **keep)
+    assert clean.status == "ok" and clean.pruned == [second.snapshot, failed.snapshot, warning.snapshot]
+
+
+def test_retention_keeps_the_newest_snapshot_of_each_month_on_the_volume(store, dest):
+    made = [run_backup(store, dest, keep_snapshots=10).snapshot for _ in range(4)]
+    root = dest / SNAPSHOTS
+    # Age three of them: two in February 2024, one in January 2024 (real snapshot directories, renamed).
+    for old, new in zip(made[:3], ["20240105T030000Z", "20240210T030000Z", "20240220T030000Z"]):
+        os.rename(root / old, root / new)
+
+    report = run_backup(store, dest, keep_snapshots=1, keep_weekly=0, keep_monthly=12)
+
+    assert report.status == "ok", report.message
+    assert report.pruned == ["20240210T030000Z", made[3]]  # each is older than its month's newest
+    assert report.retention == {
+        report.snapshot: ["last 1", f"monthly {report.snapshot[:4]}-{report.snapshot[4:6]}"],
+        "20240220T030000Z": ["monthly 2024-02"],
+        "20240105T030000Z": ["monthly 2024-01"],
+    }
+    assert [s.name for s in list_snapshots(dest)] == ["20240105T030000Z", "20240220T030000Z", report.snapshot]
+    assert all(verify_snapshot(dest, name).ok for name in ("20240105T030000Z", "20240220T030000Z"))
+
+
+# -- the lock -----------------------------------------------------------------
+
+
+def test_a_restore_holds_the_lock_so_a_backup_cannot_prune_the_snapshot_it_reads(store, dest):
+    first = run_backup(store, dest)
+    (store / "llama/config.json").write_bytes(b'{"a": 3}')
+    run_backup(store, dest)
+    reading, release = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def log(line: str) -> None:
+        if line.startswith("checking"):  # the restore holds the lock and is reading the snapshot
+            reading.set()
+            release.wait(120)
+
+    def restore_old() -> None:
+        try:
+            outcome["report"] = restore(dest, store, snapshot=first.snapshot, path="llama/config.json", log=log)
+        except Exception as exc:  # surfaced below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=restore_old)
+    worker.start()
+    try:
+        assert reading.wait(120)
+        # keep 1 would prune the snapshot being restored.
+        blocked = run_backup(store, dest, keep_snapshots=1, keep_weekly=0, keep_monthly=0)
+    finally:
+        release.set()
+        worker.join(120)
+
+    assert blocked.status == "failed" and blocked.snapshot is None
+    assert "a restore is reading from" in blocked.message
+    assert first.snapshot in [s.name for s in list_snapshots(dest)]
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].restored == ["llama/config.json"]
+    assert (store / "llama/config.json").read_bytes() == b'{"a": 1}'
+
+
+def test_a_restore_while_a_backup_runs_is_refused_clearly(store, dest):
+    run_backup(store, dest)
+    (store / "extra.bin").write_bytes(b"new file: rsync has something to say")
+    copying, release = threading.Event(), threading.Event()
+
+    def on_output(_: str) -> None:
+        copying.set()
+        release.wait(120)
+
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(report=run_backup(store, dest, on_rsync_output=on_output)))
+    worker.start()
+    try:
+        assert copying.wait(120)
+        with pytest.raises(RestoreError, match="a backup is using .* restore when it has finished"):
+            restore(dest, store, path="llama")
+    finally:
+        release.set()
+        worker.join(120)
+    assert outcome["report"].status == "ok", outcome["report"].message
+
+
+# -- files in progress, symlinks ----------------------------------------------
+
+
+def test_downloads_in_progress_are_neither_in_the_manifest_nor_copied(store, dest):
+    (store / "llama" / ".model-00002.gguf.part").write_bytes(os.urandom(50_000))  # core/downloads.py's partial
+    (store / "qwen" / "blob.incomplete").write_bytes(b"huggingface_hub's partial")
+    manifest = build_manifest(store, excludes=[]).manifest  # nothing configured: excluded all the same
+
+    report = backup(store, dest, manifest, marker_file=MARKER, excludes=[])
+
+    assert report.status == "ok", report.message
+    assert report.files_total == 5 and report.verification.count_ok
+    data = snapshot_dir(dest, report.snapshot) / DATA
+    assert not (data / "llama" / ".model-00002.gguf.part").exists() and not (data / "qwen" / "blob.incomplete").exists()
+
+
+def test_symlinks_are_kept_as_links_verified_and_restored_as_links(store, dest):
+    (store / "llama" / "latest.gguf").symlink_to("model-00001.gguf")
+    (store / "current").symlink_to("qwen")  # a link to a directory inside the store
+    (store / "dangling").symlink_to("gone.gguf")  # points at nothing: kept as exactly that
+
+    report = run_backup(store, dest)
+
+    assert report.status == "ok", report.message
+    assert report.links == 3 and report.verification.files_in_snapshot == 5
+    data = snapshot_dir(dest, report.snapshot) / DATA
+    assert os.readlink(data / "llama/latest.gguf") == "model-00001.gguf" and os.readlink(data / "current") == "qwen"
+    assert load_manifest(snapshot_dir(dest, report.snapshot) / MANIFEST_NAME).links == {
+        "current": "qwen", "dangling": "gone.gguf", "llama/latest.gguf": "model-00001.gguf",
+    }
+    assert verify_snapshot(dest, report.snapshot).ok
+
+    (store / "llama/latest.gguf").unlink()
+    (store / "current").unlink()
+    (store / "current").write_text("a file where the link was")
+    restored = restore(dest, store)
+    assert restored.links_restored == ["current", "llama/latest.gguf"] and restored.restored == []
+    assert os.readlink(store / "current") == "qwen" and os.readlink(store / "llama/latest.gguf") == "model-00001.gguf"
+    assert "dangling" in restored.unchanged
+
+    # A link changed in the snapshot is caught before anything is replaced.
+    os.unlink(data / "current")
+    os.symlink("/etc", data / "current")
+    os.unlink(store / "current")
+    with pytest.raises(RestoreError, match="nothing was replaced") as refused:
+        restore(dest, store, path="current")
+    assert "MISMATCH current: symlink points to '/etc', manifest says 'qwen'" in str(refused.value)
+    assert not os.path.lexists(store / "current")
+
+
+def test_restore_never_writes_through_a_symlink_that_leads_out_of_the_store(store, dest, tmp_path):
+    run_backup(store, dest)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(store / "llama")
+    (store / "llama").symlink_to(outside)  # where the snapshot has a directory
+
+    with pytest.raises(RestoreError, match="a symlink in its path leads to .*outside the store; nothing was replaced"):
+        restore(dest, store, path="llama")
+    assert list(outside.iterdir()) == []
+
+
+# -- which snapshot a restore uses ----------------------------------------------
+
+
+def test_restore_without_a_name_passes_over_an_empty_snapshot_and_says_which_it_used(store, dest, tmp_path):
+    good = run_backup(store, dest)
+    unmounted = tmp_path / "mnt-models"
+    unmounted.mkdir()
+    # Made before the guard existed, or allowed by a person: an empty snapshot at the top.
+    empty = backup(unmounted, dest, build_manifest(unmounted).manifest, marker_file=MARKER, allow_shrink=True)
+    assert empty.snapshot and empty.status == "warning" and empty.pruned == []
+    (store / "llama/config.json").unlink()
+
+    report = restore(dest, store, path="llama/config.json")
+
+    assert report.snapshot == good.snapshot and report.restored == ["llama/config.json"]
+    assert report.skipped == {empty.snapshot: "it holds no files (made while the store was empty or unmounted?)"}
+    assert report.chosen_because == "the latest snapshot that holds 'llama/config.json' (newer ones passed over)"
+    named = restore(dest, store, snapshot=good.snapshot, path="llama")
+    assert named.chosen_because == "named with --snapshot" and named.skipped == {}

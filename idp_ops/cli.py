@@ -132,8 +132,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     def human(d: dict) -> str:
         lines = [f"project {d['project']}"]
         lines += [f"  {s['service']:<22} {s['state']:<10} {s['health']}" for s in d["services"]] or ["  (no containers)"]
-        if d["containment"]:
-            lines.append(f"CONTAINED: {d['containment'].get('reason')} (deploy again to re-arm)")
+        latch = d["containment"]
+        if latch and latch.get("rearmed_at"):
+            lines.append(f"containment record: {latch.get('reason')}; a deploy re-armed the watch at "
+                         f"{latch['rearmed_at']} but was not proven (deploy again to close it)")
+        elif latch:
+            lines.append(f"CONTAINED: {latch.get('reason')} (deploy again to re-arm)")
         return "\n".join(lines)
 
     emit(args, data, human)

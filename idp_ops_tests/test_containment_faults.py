@@ -199,3 +199,54 @@ def test_a_failed_deploy_after_a_containment_leaves_protection_armed(tmp_path, l
         assert [r.device for r in again.to_contain] == ["gpu0"] and again.to_contain[0].episode != request.episode
     finally:
         project.down(timeout=2)
+
+
+class HungDockerd:
+    """A unix socket that accepts the docker CLI's connection and never answers: a hung dockerd."""
+
+    def __init__(self, path):
+        import socket
+
+        self.path = path
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        self.held = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.held.append(connection)  # read nothing, answer nothing
+
+    def close(self):
+        self.server.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_every_docker_call_gives_up_on_a_hung_dockerd(tmp_path, monkeypatch):
+    from idp_ops.core import compose as compose_module
+    from idp_ops.core.compose import ComposeProject, container_time, image_id
+
+    hung = HungDockerd(tmp_path / "hung.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{hung.path}")
+    monkeypatch.setattr(compose_module, "DOCKER_CALL_TIMEOUT_S", 1.0)
+    compose = tmp_path / "c.yml"
+    compose.write_text(GPU_STANDIN)
+    try:
+        for call in (lambda: container_time("any"), lambda: image_id("any")):
+            with pytest.raises(DockerUnavailable, match="did not answer within 1 s"):
+                call()
+        with pytest.raises(DockerUnavailable, match="did not answer"):
+            compose_module.check_docker(timeout=1)
+        project = ComposeProject(compose, "idp-test-hung", environment={"IDP_LLAMA_SERVER_IMAGE": "x"})
+        with pytest.raises(Exception, match="did not finish within 2 s"):
+            project.run("ps", "--format", "json", timeout=2)
+        assert len(hung.held) >= 4, "each call really reached the hung daemon"
+    finally:
+        hung.close()

@@ -253,8 +253,9 @@ def _service_state(row: dict) -> ServiceState:
 DOCKER_CALL_TIMEOUT_S = 30.0
 
 
-def docker_cli(*args: str, timeout: float = DOCKER_CALL_TIMEOUT_S) -> subprocess.CompletedProcess:
+def docker_cli(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run `docker ARGS` with a timeout; DockerUnavailable when dockerd does not answer in time."""
+    timeout = DOCKER_CALL_TIMEOUT_S if timeout is None else timeout
     try:
         return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

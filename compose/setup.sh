@@ -18,6 +18,9 @@ command -v rsync >/dev/null || need_pkgs+=(rsync)
 [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static || need_pkgs+=(busybox-static)
 command -v cmake >/dev/null || need_pkgs+=(cmake)
 command -v g++ >/dev/null || need_pkgs+=(g++)
+# The tests stop and start a second dockerd in its own network namespace.
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     log "installing ${need_pkgs[*]}"

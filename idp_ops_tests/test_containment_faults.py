@@ -7,6 +7,9 @@ that dockerd, compose and the latch behave as they will on the GPU box.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -18,7 +21,7 @@ from idp_ops.config import load_settings
 from idp_ops.core.compose import DockerUnavailable
 from idp_ops.core.probe import ProbeError
 from idp_ops.core.secrets import ensure_keys
-from idp_ops.core.stack import DeployError, compose_project, contain, deploy, read_latch
+from idp_ops.core.stack import DeployError, clear_latch, compose_project, contain, deploy, read_latch
 from idp_ops.core.telemetry import Sample
 from idp_ops.core.thermal_policy import PolicyConfig
 from idp_ops.core.thermal_watch import WatchState, watch_tick
@@ -250,3 +253,30 @@ def test_every_docker_call_gives_up_on_a_hung_dockerd(tmp_path, monkeypatch):
         assert len(hung.held) >= 4, "each call really reached the hung daemon"
     finally:
         hung.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_data_disk_does_not_turn_a_verified_stop_into_a_failure(tmp_path, llama_image, docker_ready):
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    settings = standin_settings(tmp_path, llama_image, data_dir=str(full / "data"))
+    project = compose_project(settings)
+    try:
+        project.up(wait=False, timeout=60)
+        settings.data_dir.mkdir()
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 512):
+                pass
+        os.close(fd)
+        report = contain(settings, "overheat on a full disk", {"episode": "gpu0-full-1"}, retry_for_s=5)
+        assert report.ok and running(settings) == set()
+        latch = read_latch(settings)
+        assert latch["reading"]["episode"] == "gpu0-full-1" and "No space left" in latch["stored_in_fallback_because"]
+        assert not settings.containment_latch_file.exists()
+        assert clear_latch(settings) and read_latch(settings) is None
+    finally:
+        clear_latch(settings)
+        project.down(timeout=2)
+        subprocess.run(["umount", str(full)], check=True)

@@ -5,7 +5,9 @@ Plain functions over Settings, used by the Dagster assets/jobs and the CLI alike
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -277,7 +279,12 @@ def contain(
         attempts=len(failures) + 1,
         failed_attempts=failures,
     )
-    atomic_write_json(settings.containment_latch_file, report.as_dict())
+    try:
+        write_latch(settings, report.as_dict())
+    except OSError as exc:
+        # Stopped and verified, but no record anywhere: fail so the watch keeps it pending
+        # and asks again (a no-op stop) until the record lands.
+        raise ContainmentError(f"GPU services stopped and verified, but the latch could not be written: {exc}") from exc
     return report
 
 
@@ -286,24 +293,53 @@ def mark_latch_rearmed(settings: Settings) -> bool:
     latch = read_latch(settings)
     if latch is None or latch.get("rearmed_at"):
         return False
-    atomic_write_json(settings.containment_latch_file, {**latch, "rearmed_at": now_iso(), "rearmed_by": "deploy"})
+    write_latch(settings, {**latch, "rearmed_at": now_iso(), "rearmed_by": "deploy"})
     return True
 
 
-def read_latch(settings: Settings) -> dict | None:
-    path: Path = settings.containment_latch_file
-    if not path.exists():
-        return None
+def _latch_paths(settings: Settings) -> list[Path]:
+    """Where the latch lives: the data dir, else a memory-backed fallback.
+
+    A full data disk must not turn a verified stop into a failed containment (and an
+    endless retry): the record goes to /dev/shm instead, which holds until reboot, and
+    a stopped container stays stopped across one.
+    """
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    digest = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+    return [settings.containment_latch_file, shm / f"idp-ops-{digest}" / "containment.json"]
+
+
+def write_latch(settings: Settings, record: dict) -> Path:
+    """Write the latch where it fits; OSError only when it fits nowhere."""
+    primary, fallback = _latch_paths(settings)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        # A damaged latch still means "contained": fail safe.
-        return {"reason": "containment latch file is unreadable", "damaged": True}
+        atomic_write_json(primary, record)
+        fallback.unlink(missing_ok=True)  # an older fallback record must not outlive this one
+        return primary
+    except OSError as first:
+        try:
+            atomic_write_json(fallback, {**record, "stored_in_fallback_because": str(first)})
+            return fallback
+        except OSError:
+            raise first from None
+
+
+def read_latch(settings: Settings) -> dict | None:
+    for path in _latch_paths(settings):
+        if not path.exists():
+            continue
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            # A damaged latch still means "contained": fail safe.
+            return {"reason": f"containment latch file {path} is unreadable", "damaged": True}
+    return None
 
 
 def clear_latch(settings: Settings) -> bool:
-    path: Path = settings.containment_latch_file
-    if path.exists():
-        path.unlink()
-        return True
-    return False
+    cleared = False
+    for path in _latch_paths(settings):
+        if path.exists():
+            path.unlink()
+            cleared = True
+    return cleared

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from idp_ops.core.manifest import build_manifest, scan
+from idp_ops.backup.manifest import build_manifest, scan
 
 CHUNK = 64 * 1024 * 1024
 SMALL_NAMES = [

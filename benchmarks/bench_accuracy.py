@@ -1,4 +1,4 @@
-"""How far the streaming benchmark client (idp_ops.core.bench) can be trusted, in one run.
+"""How far the streaming benchmark client (idp_ops.validation.bench) can be trusted, in one run.
 
 Against a real llama-server (the CPU stack: Gemma 3 270M on both protocols):
   decode ratio   our single-stream decode tok/s ÷ the server's own timings.predicted_per_second,
@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from idp_ops.core.bench import (  # noqa: E402
+from idp_ops.validation.bench import (  # noqa: E402
     make_prompt,
     percentiles,
     stream_request,
@@ -239,9 +239,9 @@ def capacity(levels: list[int], interval_ms: float, tokens: int) -> dict:
 
 def deploy_private_stack(log) -> tuple[object, dict]:
     """A CPU stack on free ports from the repo's image and model, in a temporary home."""
-    from idp_ops.config import REPO_ROOT, load_settings
-    from idp_ops.core.secrets import ensure_keys
-    from idp_ops.core.stack import deploy
+    from idp_ops.settings import REPO_ROOT, load_settings
+    from idp_ops.stack.secrets import ensure_keys
+    from idp_ops.stack.deploy import deploy
 
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("IDP_")}
     cwd = os.getcwd()
@@ -305,7 +305,7 @@ def main() -> int:
     def log(line: str) -> None:
         print(f"[bench] {line}", file=sys.stderr, flush=True)
 
-    from idp_ops.core.secrets import read_key
+    from idp_ops.stack.secrets import read_key
 
     results: dict = {"accuracy": [], "capacity": None}
     settings = None
@@ -326,7 +326,7 @@ def main() -> int:
             )
     finally:
         if settings is not None:
-            from idp_ops.core.stack import compose_project
+            from idp_ops.stack.deploy import compose_project
 
             log("tearing the private stack down")
             compose_project(settings).down(timeout=5)

@@ -12,9 +12,9 @@ import statistics
 import sys
 import time
 
-from idp_ops.config import load_settings
-from idp_ops.core.probe import wait_until_ready
-from idp_ops.core.stack import clear_latch, compose_project, contain
+from idp_ops.settings import load_settings
+from idp_ops.stack.probe import wait_until_ready
+from idp_ops.stack.deploy import clear_latch, compose_project, contain
 
 
 def main(rounds: int) -> None:

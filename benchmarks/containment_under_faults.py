@@ -35,12 +35,12 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance, build_sensor_context
 
-from idp_ops.config import REPO_ROOT, load_settings
-from idp_ops.core.last_good_settings import load_or_last_good
-from idp_ops.core.stack import clear_latch, compose_project, contain, read_latch
-from idp_ops.core.telemetry import Sample, write_samples_csv
-from idp_ops.core.thermal_policy import PolicyConfig
-from idp_ops.core.thermal_watch import AlertSink, Spool, WatchState, record_tick, watch_tick, webhooks
+from idp_ops.settings import REPO_ROOT, load_settings
+from idp_ops.last_good_settings import load_or_last_good
+from idp_ops.stack.deploy import clear_latch, compose_project, contain, read_latch
+from idp_ops.thermal.telemetry import Sample, write_samples_csv
+from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.watch import AlertSink, Spool, WatchState, record_tick, watch_tick, webhooks
 from idp_ops.resources import SettingsResource
 from idp_ops.sensors import thermal_sensor
 

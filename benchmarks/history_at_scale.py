@@ -44,10 +44,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from idp_ops.core import history  # noqa: E402
-from idp_ops.core.roi import measured_energy  # noqa: E402
-from idp_ops.core.thermal_store import rollup_day  # noqa: E402
-from idp_ops.core.trends import analyse_runs, load_bench_runs, thermal_daily  # noqa: E402
+from idp_ops.history import database as history  # noqa: E402
+from idp_ops.reports.roi import measured_energy  # noqa: E402
+from idp_ops.thermal.store import rollup_day  # noqa: E402
+from idp_ops.reports.trends import analyse_runs, load_bench_runs, thermal_daily  # noqa: E402
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 DAYS = 365

@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from idp_ops.core.telemetry import CsvReplaySource, NoDevice, NvmlSource, write_samples_csv  # noqa: E402
-from idp_ops.core.thermal_policy import PolicyConfig, replay  # noqa: E402
+from idp_ops.thermal.telemetry import CsvReplaySource, NoDevice, NvmlSource, write_samples_csv  # noqa: E402
+from idp_ops.thermal.policy import PolicyConfig, replay  # noqa: E402
 
 
 def matmul_load(stop: threading.Event) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from idp_ops.core.telemetry import NvmlSource, TelemetryError, read_nvml_sample  # noqa: E402
+from idp_ops.thermal.telemetry import NvmlSource, TelemetryError, read_nvml_sample  # noqa: E402
 
 SMI_QUERY = [
     "nvidia-smi",

@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from idp_ops.config import REPO_ROOT, load_settings
-from idp_ops.core.demo_model import fetch_demo_model
-from idp_ops.core.stack import compose_project
+from idp_ops.settings import REPO_ROOT, load_settings
+from idp_ops.models.demo_model import fetch_demo_model
+from idp_ops.stack.deploy import compose_project
 from idp_ops_tests.thermal_e2e import contain_through_daemon, contain_through_guard, deploy_fresh, replay_settings
 
 

@@ -62,7 +62,7 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH"
 
 # -- llama-server image ------------------------------------------------------
-image="$(.venv/bin/python -c 'from idp_ops.config import load_settings; print(load_settings().llama_server_image)')"
+image="$(.venv/bin/python -c 'from idp_ops.settings import load_settings; print(load_settings().llama_server_image)')"
 if ! docker image inspect "$image" >/dev/null 2>&1; then
   log "image $image not present; trying to pull it"
   if timeout 120 docker pull -q "$image" >/dev/null 2>&1; then

@@ -2,7 +2,13 @@
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from idp_ops.assets import backup, models, physics, reports, stack, thermal, validation
+from idp_ops.backup import defs as backup
+from idp_ops.models import defs as models
+from idp_ops.physics import defs as physics
+from idp_ops.reports import defs as reports
+from idp_ops.stack import defs as stack
+from idp_ops.thermal import defs as thermal
+from idp_ops.validation import defs as validation
 from idp_ops.jobs import jobs
 from idp_ops.resources import SettingsResource, StackResource
 from idp_ops.schedules import schedules

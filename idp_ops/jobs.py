@@ -5,7 +5,7 @@ from typing import Optional
 
 from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, in_process_executor, job, op
 
-from idp_ops.core.stack import ContainmentError
+from idp_ops.stack.deploy import ContainmentError
 from idp_ops.resources import StackResource
 
 # The run queue (dagster.yaml) limits runs by these tags, not by a global cap:
@@ -91,7 +91,7 @@ weekly_backup_job = define_asset_job(
     "latest), verifying every copy against the snapshot's manifest before replacing anything.",
 )
 def restore_job():
-    from idp_ops.assets.backup import restore_models  # the op lives with its domain
+    from idp_ops.backup.defs import restore_models  # the op lives with its domain
 
     restore_models()
 

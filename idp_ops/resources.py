@@ -5,11 +5,11 @@ from typing import Optional
 
 from dagster import ConfigurableResource, ResourceDependency
 
-from idp_ops.config import Settings, load_settings
-from idp_ops.core import stack as stack_core
-from idp_ops.core.compose import ComposeProject
-from idp_ops.core.last_good_settings import load_or_last_good
-from idp_ops.core.thermal_watch import alert_failed_attempt, webhooks
+from idp_ops.settings import Settings, load_settings
+from idp_ops.stack import deploy as stack_core
+from idp_ops.stack.compose import ComposeProject
+from idp_ops.last_good_settings import load_or_last_good
+from idp_ops.thermal.watch import alert_failed_attempt, webhooks
 
 
 class SettingsResource(ConfigurableResource):

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
 
-from idp_ops.config import SettingsError, load_settings
+from idp_ops.settings import SettingsError, load_settings
 from idp_ops.jobs import nightly_validation_job, reports_job, thermal_ingest_job, weekly_backup_job
 
 

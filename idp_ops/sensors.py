@@ -12,11 +12,11 @@ from dagster import (
     sensor,
 )
 
-from idp_ops.config import SettingsError, load_settings
-from idp_ops.core.last_good_settings import snapshot_path
-from idp_ops.core.stack import read_latch
-from idp_ops.core.thermal_policy import PolicyConfig
-from idp_ops.core.thermal_watch import (
+from idp_ops.settings import SettingsError, load_settings
+from idp_ops.last_good_settings import snapshot_path
+from idp_ops.stack.deploy import read_latch
+from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.watch import (
     AlertSink,
     ContainRequest,
     LiveSources,

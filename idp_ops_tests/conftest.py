@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idp_ops.config import REPO_ROOT, Settings, load_settings
+from idp_ops.settings import REPO_ROOT, Settings, load_settings
 
 LOCAL_IMAGE_HINT = "run compose/setup.sh first (it pulls or builds the llama-server image and writes the model)"
 
@@ -41,7 +41,7 @@ def repo_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def docker_ready() -> str:
-    from idp_ops.core.compose import DockerUnavailable, check_docker
+    from idp_ops.stack.compose import DockerUnavailable, check_docker
 
     try:
         return check_docker()
@@ -59,7 +59,7 @@ def llama_image(repo_settings, docker_ready) -> str:
 
 @pytest.fixture(scope="session")
 def demo_models_dir(repo_settings) -> Path:
-    from idp_ops.core.demo_model import fetch_demo_model
+    from idp_ops.models.demo_model import fetch_demo_model
 
     return fetch_demo_model(repo_settings.models_dir).parent
 

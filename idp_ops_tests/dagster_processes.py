@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from idp_ops.config import REPO_ROOT
+from idp_ops.settings import REPO_ROOT
 from idp_ops_tests.conftest import free_port
 
 BIN = Path(os.environ.get("VIRTUAL_ENV", REPO_ROOT / ".venv")) / "bin"

@@ -12,9 +12,9 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, DefaultScheduleStatus
 
-from idp_ops.config import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
-from idp_ops.core import history
-from idp_ops.core.rsync import DATA, SNAPSHOTS, list_snapshots
+from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
+from idp_ops.history import database as history
+from idp_ops.backup.snapshots import DATA, SNAPSHOTS, list_snapshots
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from idp_ops.config import REPO_ROOT
+from idp_ops.settings import REPO_ROOT
 
 IDP_OPS = [sys.executable, "-m", "idp_ops.cli"]
 

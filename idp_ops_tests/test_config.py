@@ -1,6 +1,6 @@
 import pytest
 
-from idp_ops.config import SettingsError, load_settings
+from idp_ops.settings import SettingsError, load_settings
 
 
 def test_embedded_default_is_the_cpu_profile_under_a_project_local_home(tmp_path, monkeypatch):

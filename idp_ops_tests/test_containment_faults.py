@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from idp_ops.config import load_settings
-from idp_ops.core.compose import DockerUnavailable
-from idp_ops.core.probe import ProbeError
-from idp_ops.core.secrets import ensure_keys
-from idp_ops.core.stack import DeployError, clear_latch, compose_project, contain, deploy, read_latch
-from idp_ops.core.telemetry import Sample
-from idp_ops.core.thermal_policy import PolicyConfig
-from idp_ops.core.thermal_watch import WatchState, watch_tick
+from idp_ops.settings import load_settings
+from idp_ops.stack.compose import DockerUnavailable
+from idp_ops.stack.probe import ProbeError
+from idp_ops.stack.secrets import ensure_keys
+from idp_ops.stack.deploy import DeployError, clear_latch, compose_project, contain, deploy, read_latch
+from idp_ops.thermal.telemetry import Sample
+from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.watch import WatchState, watch_tick
 from idp_ops_tests.conftest import free_port, write_settings
 from idp_ops_tests.docker_engine import SecondEngine
 
@@ -233,8 +233,8 @@ class HungDockerd:
 
 
 def test_every_docker_call_gives_up_on_a_hung_dockerd(tmp_path, monkeypatch):
-    from idp_ops.core import compose as compose_module
-    from idp_ops.core.compose import ComposeProject, container_time, image_id
+    from idp_ops.stack import compose as compose_module
+    from idp_ops.stack.compose import ComposeProject, container_time, image_id
 
     hung = HungDockerd(tmp_path / "hung.sock")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{hung.path}")

@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from idp_ops.config import REPO_ROOT, load_settings
-from idp_ops.core.stack import compose_project
+from idp_ops.settings import REPO_ROOT, load_settings
+from idp_ops.stack.deploy import compose_project
 
 from .conftest import cpu_stack_settings, write_settings
 from .dagster_processes import Dagster

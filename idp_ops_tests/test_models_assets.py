@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, materialize
 
-from idp_ops.assets.models import model_downloads, model_files
-from idp_ops.config import DEMO_MODEL_FILE, load_settings
-from idp_ops.core.gguf_meta import load_inventory
+from idp_ops.models.defs import model_downloads, model_files
+from idp_ops.settings import DEMO_MODEL_FILE, load_settings
+from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.resources import SettingsResource
 
 from .conftest import tiny_gguf, write_settings

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, DefaultScheduleStatus, materialize
 
-from idp_ops.assets.physics import memory_bandwidth, throughput_ceilings
-from idp_ops.assets.reports import performance_trend, roi_report
-from idp_ops.config import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
-from idp_ops.core.bandwidth_store import latest_measured_bandwidth
-from idp_ops.core.ceilings import MeasuredBandwidth
-from idp_ops.core.ceiling_report import ModelFacts, ceiling_for, criteria_rows, model_facts
-from idp_ops.core.gguf_meta import record_scan, scan_models
-from idp_ops.core.physics import GB
+from idp_ops.physics.defs import memory_bandwidth, throughput_ceilings
+from idp_ops.reports.defs import performance_trend, roi_report
+from idp_ops.settings import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
+from idp_ops.physics.bandwidth_store import latest_measured_bandwidth
+from idp_ops.physics.ceilings import MeasuredBandwidth
+from idp_ops.physics.report import ModelFacts, ceiling_for, criteria_rows, model_facts
+from idp_ops.models.gguf_meta import record_scan, scan_models
+from idp_ops.physics.formulas import GB
 from idp_ops.resources import SettingsResource
 
 from .conftest import tiny_gguf, write_settings

@@ -7,9 +7,9 @@ import httpx
 import pytest
 from dagster import DagsterInstance
 
-from idp_ops.config import load_settings
-from idp_ops.core.secrets import read_key
-from idp_ops.core.stack import compose_project, read_latch
+from idp_ops.settings import load_settings
+from idp_ops.stack.secrets import read_key
+from idp_ops.stack.deploy import compose_project, read_latch
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource, StackResource
 from idp_ops_tests.conftest import cpu_stack_settings, write_settings

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from idp_ops.config import load_settings
-from idp_ops.core.compose import ComposeError, DockerUnavailable, check_docker
-from idp_ops.core.secrets import ensure_keys
-from idp_ops.core.stack import DeployError, compose_project, deploy
+from idp_ops.settings import load_settings
+from idp_ops.stack.compose import ComposeError, DockerUnavailable, check_docker
+from idp_ops.stack.secrets import ensure_keys
+from idp_ops.stack.deploy import DeployError, compose_project, deploy
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource, StackResource
 from idp_ops_tests.conftest import cpu_stack_settings, write_settings

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from dagster import DagsterInstance
 
-from idp_ops.config import load_settings
-from idp_ops.core import history
-from idp_ops.core.secrets import ensure_keys
-from idp_ops.core.stack import compose_project, deploy, read_latch
-from idp_ops.core.telemetry import CsvReplaySource, Sample
-from idp_ops.core.thermal_watch import Spool
+from idp_ops.settings import load_settings
+from idp_ops.history import database as history
+from idp_ops.stack.secrets import ensure_keys
+from idp_ops.stack.deploy import compose_project, deploy, read_latch
+from idp_ops.thermal.telemetry import CsvReplaySource, Sample
+from idp_ops.thermal.watch import Spool
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
 from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 
-from idp_ops.config import load_settings
-from idp_ops.core.last_good_settings import read_snapshot
-from idp_ops.core.stack import read_latch
-from idp_ops.core.thermal_watch import Spool, webhooks
+from idp_ops.settings import load_settings
+from idp_ops.last_good_settings import read_snapshot
+from idp_ops.stack.deploy import read_latch
+from idp_ops.thermal.watch import Spool, webhooks
 from idp_ops.resources import SettingsResource
 from idp_ops.sensors import thermal_sensor
 from idp_ops_tests.conftest import FIXTURES, write_settings

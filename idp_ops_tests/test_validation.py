@@ -3,12 +3,12 @@
 import pytest
 from dagster import DagsterInstance
 
-from idp_ops.config import load_settings
-from idp_ops.core import history
-from idp_ops.core.bandwidth import measure_cpu_bandwidth
-from idp_ops.core.physics import GB
-from idp_ops.core.secrets import ensure_keys
-from idp_ops.core.stack import compose_project, deploy
+from idp_ops.settings import load_settings
+from idp_ops.history import database as history
+from idp_ops.physics.bandwidth import measure_cpu_bandwidth
+from idp_ops.physics.formulas import GB
+from idp_ops.stack.secrets import ensure_keys
+from idp_ops.stack.deploy import compose_project, deploy
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
 from idp_ops_tests.conftest import cpu_stack_settings, write_settings

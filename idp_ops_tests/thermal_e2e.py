@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from idp_ops.config import REPO_ROOT, Settings, load_settings
-from idp_ops.core.compose import container_time
-from idp_ops.core.secrets import ensure_keys
-from idp_ops.core.stack import compose_project, deploy, read_latch
+from idp_ops.settings import REPO_ROOT, Settings, load_settings
+from idp_ops.stack.compose import container_time
+from idp_ops.stack.secrets import ensure_keys
+from idp_ops.stack.deploy import compose_project, deploy, read_latch
 from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
 from idp_ops_tests.dagster_processes import Dagster
 

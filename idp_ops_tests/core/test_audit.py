@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idp_ops.core.audit import (
+from idp_ops.stack.audit import (
     RULES,
     ComposeFileError,
     Finding,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idp_ops.config import REPO_ROOT, load_settings
-from idp_ops.core.audit import (
+from idp_ops.settings import REPO_ROOT, load_settings
+from idp_ops.stack.audit import (
     BENCHMARK,
     AuditGateError,
     ComposeFileError,
@@ -21,7 +21,7 @@ from idp_ops.core.audit import (
     has_high,
     load_compose_file,
 )
-from idp_ops.core.audit_load import interpolate, merge_service
+from idp_ops.stack.audit_load import interpolate, merge_service
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 
@@ -322,7 +322,7 @@ def test_gate_on_a_file_that_cannot_be_read(tmp_path):
 def test_compose_audit_asset_runs_the_gate_with_the_settings_values(tmp_path):
     from dagster import materialize
 
-    from idp_ops.assets.stack import compose_audit
+    from idp_ops.stack.defs import compose_audit
     from idp_ops.resources import SettingsResource
 
     config = settings_file(tmp_path, service_uid=1000, service_gid=1000, models_dir="/boot/llm-models")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.core.backup_guard import check_shrink, links_leaving, source_rot
-from idp_ops.core.manifest import Entry, Manifest, build_manifest
-from idp_ops.core.rsync import SNAPSHOTS, list_snapshots
+from idp_ops.backup.guard import check_shrink, links_leaving, source_rot
+from idp_ops.backup.manifest import Entry, Manifest, build_manifest
+from idp_ops.backup.snapshots import SNAPSHOTS, list_snapshots
 from idp_ops_tests.conftest import write_settings
 
 from .test_manifest import make_store

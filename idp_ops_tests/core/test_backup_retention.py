@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from idp_ops.core.backup_retention import retention, snapshot_key, snapshot_time, to_prune
+from idp_ops.backup.retention import retention, snapshot_key, snapshot_time, to_prune
 
 
 def name(moment: datetime) -> str:

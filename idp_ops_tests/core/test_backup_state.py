@@ -16,9 +16,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from idp_ops.core.backup_state import STATE, StateSources, settings_file_in_use
-from idp_ops.core.manifest import MANIFEST_NAME, build_manifest, load_manifest, verify
-from idp_ops.core.rsync import SNAPSHOTS, RestoreError, backup, list_snapshots, restore_state
+from idp_ops.backup.state import STATE, StateSources, settings_file_in_use
+from idp_ops.backup.manifest import MANIFEST_NAME, build_manifest, load_manifest, verify
+from idp_ops.backup.snapshots import SNAPSHOTS, RestoreError, backup, list_snapshots, restore_state
 from idp_ops_tests.conftest import write_settings
 
 from .test_manifest import make_store

@@ -8,17 +8,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from idp_ops.config import Endpoint, HARDWARE_PROFILES
-from idp_ops.core.bandwidth import measure_cpu_bandwidth
-from idp_ops.core.bandwidth_store import (
+from idp_ops.settings import Endpoint, HARDWARE_PROFILES
+from idp_ops.physics.bandwidth import measure_cpu_bandwidth
+from idp_ops.physics.bandwidth_store import (
     BandwidthRow,
     bandwidth_history,
     latest_measured_bandwidth,
     measure_gpu_bandwidth,
     record_bandwidth,
 )
-from idp_ops.core.ceilings import MeasuredBandwidth, endpoint_ceiling
-from idp_ops.core.physics import GB
+from idp_ops.physics.ceilings import MeasuredBandwidth, endpoint_ceiling
+from idp_ops.physics.formulas import GB
 
 T0 = datetime(2026, 3, 1, 6, 0, tzinfo=timezone.utc)
 

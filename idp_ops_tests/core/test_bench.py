@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from idp_ops.core.bench import (
+from idp_ops.validation.bench import (
     BenchError,
     RequestSample,
     percentiles,
@@ -297,9 +297,9 @@ REAL = dict(warmups=1, ttft_requests=5, ttft_max_tokens=8, decode_tokens=32, dec
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, llama_image, demo_models_dir):
     """A CPU stack (llama-server + Gemma 270M on both protocols) on free ports, torn down after."""
-    from idp_ops.config import load_settings
-    from idp_ops.core.secrets import ensure_keys
-    from idp_ops.core.stack import compose_project, deploy
+    from idp_ops.settings import load_settings
+    from idp_ops.stack.secrets import ensure_keys
+    from idp_ops.stack.deploy import compose_project, deploy
     from idp_ops_tests.conftest import cpu_stack_settings, write_settings
 
     root = tmp_path_factory.mktemp("bench-stack")
@@ -318,7 +318,7 @@ def stack(tmp_path_factory, llama_image, demo_models_dir):
 
 
 def _target(settings, name):
-    from idp_ops.core.secrets import read_key
+    from idp_ops.stack.secrets import read_key
 
     endpoint = settings.endpoint(name)
     return endpoint, read_key(settings.key_file(endpoint))
@@ -375,7 +375,7 @@ def test_a_wrong_or_missing_key_is_reported_as_an_auth_failure(stack, name):
 @pytest.mark.docker
 @pytest.mark.model
 def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_path):
-    from idp_ops.cli import main
+    from idp_ops.cli.main import main
 
     endpoint = stack.endpoint("llamacpp-cpu")
     argv = [
@@ -406,7 +406,7 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
 @pytest.mark.model
 def test_the_server_stopped_mid_run_is_recorded_and_fails_clearly(stack):
     """Last in this module: it stops a service of the module's stack."""
-    from idp_ops.core.stack import compose_project
+    from idp_ops.stack.deploy import compose_project
 
     endpoint, key = _target(stack, "llamacpp-cpu")
     stopper: list[threading.Thread] = []

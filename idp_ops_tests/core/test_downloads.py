@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from idp_ops.config import ModelDownload
-from idp_ops.core.downloads import download_model, download_models, partial_path
+from idp_ops.settings import ModelDownload
+from idp_ops.models.downloads import download_model, download_models, partial_path
 
 MB = 1 << 20
 

@@ -14,8 +14,8 @@ import pytest
 from gguf import GGUFReader, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, LlamaFileType
 
-from idp_ops.config import DEMO_MODEL_FILE
-from idp_ops.core.gguf_meta import (
+from idp_ops.settings import DEMO_MODEL_FILE
+from idp_ops.models.gguf_meta import (
     ModelScanError,
     load_inventory,
     read_gguf,

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from idp_ops.core import history
+from idp_ops.history import database as history
 
 HOLD = """
 import sys, time, duckdb

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.core.loadtest import LoadTestError, failure_status, parse_stats_csv, run_locust
+from idp_ops.validation.loadtest import LoadTestError, failure_status, parse_stats_csv, run_locust
 from idp_ops_tests.conftest import free_port
 from idp_ops_tests.core.test_bench import FakeServer
 
@@ -64,8 +64,8 @@ def test_a_server_answering_500_counts_server_errors_and_never_sees_the_key_on_t
 
 
 def _stack_settings(tmp_path_factory, llama_image, demo_models_dir):
-    from idp_ops.config import load_settings
-    from idp_ops.core.secrets import ensure_keys
+    from idp_ops.settings import load_settings
+    from idp_ops.stack.secrets import ensure_keys
     from idp_ops_tests.conftest import cpu_stack_settings, write_settings
 
     root = tmp_path_factory.mktemp("load-stack")
@@ -80,7 +80,7 @@ def _stack_settings(tmp_path_factory, llama_image, demo_models_dir):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, llama_image, demo_models_dir):
-    from idp_ops.core.stack import compose_project, deploy
+    from idp_ops.stack.deploy import compose_project, deploy
 
     settings = _stack_settings(tmp_path_factory, llama_image, demo_models_dir)
     try:
@@ -113,7 +113,7 @@ def test_locust_against_the_real_server_gives_parsed_stats_and_no_failures(stack
     printed = [line for line in result.stderr_tail.splitlines() if line.strip().startswith("Aggregated")]
     assert printed and int(printed[0].split()[1]) == result.requests
     # the key is read from a file named in the environment, never passed on the command line
-    from idp_ops.core.secrets import read_key
+    from idp_ops.stack.secrets import read_key
 
     assert read_key(stack.key_file(endpoint)) not in " ".join(result.command) and result.exit_code == 0
 
@@ -121,7 +121,7 @@ def test_locust_against_the_real_server_gives_parsed_stats_and_no_failures(stack
 @pytest.mark.docker
 @pytest.mark.model
 def test_cli_loadtest_by_endpoint_name(stack, tmp_path, capsys):
-    from idp_ops.cli import main
+    from idp_ops.cli.main import main
 
     config = stack.home.parent / "idp-ops.yaml"
     argv = ["--config", str(config), "loadtest", "--endpoint", "llamacpp-cpu", "--users", "2", "--spawn-rate", "2",
@@ -136,7 +136,7 @@ def test_cli_loadtest_by_endpoint_name(stack, tmp_path, capsys):
 @pytest.mark.model
 def test_a_stopped_server_makes_failures_count(stack, tmp_path):
     """Last in this module: it stops a service of the module's stack."""
-    from idp_ops.core.stack import compose_project
+    from idp_ops.stack.deploy import compose_project
 
     endpoint = stack.endpoint("llamacpp-cpu")
     compose_project(stack).stop([endpoint.compose_service], timeout=2)

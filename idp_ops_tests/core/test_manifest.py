@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.core import history
-from idp_ops.core.manifest import (
+from idp_ops.history import database as history
+from idp_ops.backup.manifest import (
     ExcludeRules,
     ManifestError,
     build_manifest,

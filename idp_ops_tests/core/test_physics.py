@@ -6,7 +6,7 @@ import pytest
 
 from idp_ops_tests.conftest import FIXTURES
 
-from idp_ops.core.physics import (
+from idp_ops.physics.formulas import (
     GB,
     PhysicsError,
     batched_ceiling,

@@ -1,6 +1,6 @@
 import pytest
 
-from idp_ops.core.probe import ProbeError, probe_endpoint, unauthenticated_status, wait_until_ready
+from idp_ops.stack.probe import ProbeError, probe_endpoint, unauthenticated_status, wait_until_ready
 from idp_ops_tests.conftest import free_port
 
 

@@ -6,8 +6,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from idp_ops.config import RoiSettings
-from idp_ops.core.roi import (
+from idp_ops.settings import RoiSettings
+from idp_ops.reports.roi import (
     ENERGY_DUTY_CYCLE,
     ENERGY_MEASURED,
     build_report,
@@ -15,7 +15,7 @@ from idp_ops.core.roi import (
     recent_throughput,
     report_from_history,
 )
-from idp_ops.core.trends import load_bench_runs
+from idp_ops.reports.trends import load_bench_runs
 
 from .test_trends import seed_bench_runs, seed_thermal_hourly
 
@@ -113,7 +113,7 @@ def test_too_little_or_stale_energy_falls_back_to_the_duty_cycle_and_says_so(tmp
 def test_empty_history_gives_not_enough_data_instead_of_a_crash(tmp_path):
     for file in (tmp_path / "absent.duckdb", tmp_path / "empty.duckdb"):
         if file.name == "empty.duckdb":
-            from idp_ops.core import history
+            from idp_ops.history import database as history
 
             with history.connect(file):
                 pass

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.core import history
-from idp_ops.core.manifest import MANIFEST_NAME, Entry, build_manifest, load_manifest, verify
-from idp_ops.core.rsync import (
+from idp_ops.history import database as history
+from idp_ops.backup.manifest import MANIFEST_NAME, Entry, build_manifest, load_manifest, verify
+from idp_ops.backup.snapshots import (
     DATA,
     IN_PROGRESS,
     SCRUB_SPLIT_BYTES,

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from idp_ops.core.secrets import ENV_FILE_NAME, KEY_BYTES, SecretsError, ensure_keys, read_key
+from idp_ops.stack.secrets import ENV_FILE_NAME, KEY_BYTES, SecretsError, ensure_keys, read_key
 
 KEYS = {"openai_api_key": ["openai-standin"], "llamacpp_api_key": ["llamacpp-cpu"]}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from idp_ops.core.telemetry import (
+from idp_ops.thermal.telemetry import (
     CLOCKS_EVENT_REASONS,
     MIB,
     CsvReplaySource,
@@ -742,7 +742,7 @@ def test_h200_trace_through_the_nvml_path_gives_the_csv_values():
 
 def test_ctypes_field_value_union_types():
     # valueType 5 (signed int) as the TLIMIT fields report: the member is chosen by type.
-    from idp_ops.core.telemetry import _field_value
+    from idp_ops.thermal.telemetry import _field_value
 
     fv = pynvml.c_nvmlFieldValue_t()
     fv.nvmlReturn = 0

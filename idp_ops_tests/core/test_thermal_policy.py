@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.config import ThermalThresholds
-from idp_ops.core.telemetry import CsvReplaySource, DriverThresholds, Sample
-from idp_ops.core.thermal_policy import Decision, PolicyConfig, ThermalPolicy, replay
+from idp_ops.settings import ThermalThresholds
+from idp_ops.thermal.telemetry import CsvReplaySource, DriverThresholds, Sample
+from idp_ops.thermal.policy import Decision, PolicyConfig, ThermalPolicy, replay
 
 TRACE = Path(__file__).resolve().parents[1] / "fixtures" / "h200_trace.csv"
 BASE = datetime(2025, 6, 1, tzinfo=UTC)

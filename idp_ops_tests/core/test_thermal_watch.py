@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pynvml
 
-from idp_ops.core.telemetry import NvmlSource, Sample, TelemetryError
-from idp_ops.core.thermal_policy import PolicyConfig
-from idp_ops.core.thermal_watch import AlertSink, LiveSources, Spool, WatchState, record_tick, watch_tick
+from idp_ops.thermal.telemetry import NvmlSource, Sample, TelemetryError
+from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.watch import AlertSink, LiveSources, Spool, WatchState, record_tick, watch_tick
 from idp_ops_tests.core.test_telemetry import StandInNvml
 
 CONFIG = PolicyConfig(warn_c=85, contain_c=90, consecutive_samples=2, clear_after_s=60)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.core import history
-from idp_ops.core.trends import (
+from idp_ops.history import database as history
+from idp_ops.reports.trends import (
     NOT_ENOUGH_BENCH,
     TrendSettings,
     analyse_runs,

@@ -1,0 +1,149 @@
+"""Model assets: the declared downloads (verified by sha256) and the inventory of model files."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from idp_ops.models.downloads import DownloadProgress, download_models
+from idp_ops.models.gguf_meta import ModelFile, ModelScanError, record_scan, scan_models
+from idp_ops.resources import SettingsResource
+
+GROUP = "models"
+
+
+@asset(
+    group_name=GROUP,
+    description="The models declared in settings (model_downloads), present and sha256-verified: "
+    "resumable downloads, renamed into place only on a hash match.",
+)
+def model_downloads(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+    cfg = settings.load()
+    if not cfg.model_downloads:
+        context.log.info("no model downloads declared (settings: model_downloads)")
+        return MaterializeResult(metadata={"declared": 0, "models": MetadataValue.md("No model downloads declared.")})
+
+    def progress(p: DownloadProgress) -> None:
+        context.log.info(p.describe())
+
+    results = download_models(cfg.model_downloads, cfg.models_dir, log=context.log.info, progress=progress)
+    rows = [
+        {
+            "name": r.name,
+            "status": r.status,
+            "target": r.target,
+            "bytes": f"{r.bytes_downloaded:,}",
+            "size": f"{r.size:,}" if r.size is not None else "",
+            "seconds": r.seconds,
+            "attempts": r.attempts,
+            "message": r.message,
+        }
+        for r in results
+    ]
+    counts = {status: sum(1 for r in results if r.status == status) for status in ("downloaded", "skipped", "failed")}
+    metadata = {
+        "models_dir": MetadataValue.path(str(cfg.models_dir)),
+        "models": MetadataValue.md(_md_table(rows, ["name", "status", "bytes", "size", "seconds", "attempts", "message"])),
+        "per_model": MetadataValue.json({r.name: r.as_dict() for r in results}),
+        "declared": len(results),
+        **counts,
+        "bytes_downloaded": sum(r.bytes_downloaded for r in results),
+    }
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise Failure(
+            description=f"{len(failed)} of {len(results)} model downloads failed:\n"
+            + "\n".join(f"{r.name}: {r.message}" for r in failed),
+            metadata=metadata,
+        )
+    return MaterializeResult(metadata=metadata)
+
+
+@asset(
+    group_name=GROUP,
+    deps=[model_downloads],
+    description="Every model file in the models dir (GGUF and safetensors headers, config.json, tokenizer files) "
+    "with the facts physics needs, recorded in DuckDB table model_files. Corrupt or truncated files are findings.",
+    check_specs=[
+        AssetCheckSpec(
+            "no_findings",
+            asset="model_files",
+            description="Warns on any truncated, corrupt or unreadable model file, naming each.",
+        )
+    ],
+)
+def model_files(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+    cfg = settings.load()
+    try:
+        files = scan_models(cfg.models_dir)
+    except ModelScanError as exc:
+        raise Failure(description=str(exc)) from None
+    recorded = record_scan(cfg.history_file, cfg.models_dir, files)
+    findings = [f for f in files if f.finding]
+    for f in findings:
+        context.log.warning(f"{f.relpath}: {f.finding}")
+    by_kind: dict[str, int] = {}
+    for f in files:
+        by_kind[f.kind] = by_kind.get(f.kind, 0) + 1
+    context.log.info(f"{len(files)} model files in {cfg.models_dir} ({by_kind}), {len(findings)} findings")
+    return MaterializeResult(
+        metadata={
+            "models_dir": MetadataValue.path(str(cfg.models_dir)),
+            "files": MetadataValue.md(
+                _md_table([_display(f) for f in files], ["path", "kind", "architecture", "params", "quant", "layers", "context", "size", "finding"])
+                if files
+                else "No model files found."
+            ),
+            "file_count": len(files),
+            "by_kind": MetadataValue.json(by_kind),
+            "total_bytes": sum(f.size for f in files),
+            "findings": len(findings),
+            "rows_recorded": recorded,
+            "history_file": MetadataValue.path(str(cfg.history_file)),
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name="no_findings",
+                passed=not findings,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"findings": MetadataValue.json({f.relpath: f.finding for f in findings})},
+                description="no findings" if not findings else "; ".join(f"{f.relpath}: {f.finding}" for f in findings),
+            )
+        ],
+    )
+
+
+def _display(f: ModelFile) -> dict:
+    return {
+        "path": f.relpath,
+        "kind": f.kind,
+        "architecture": f.architecture or "",
+        "params": _human(f.parameters, "") if f.parameters else "",
+        "quant": f.file_type or "",
+        "layers": f.block_count or "",
+        "context": f.context_length or "",
+        "size": _human(f.size, "B"),
+        "finding": f.finding or "",
+    }
+
+
+def _human(n: float, unit: str) -> str:
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.0f} {unit}".strip() if prefix == "" else f"{n:.1f} {prefix}{unit}"
+        n /= 1000
+    return str(n)
+
+
+def _md_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = (str(row.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,237 @@
+"""Nightly validation: judge benchmark figures against acceptance criteria, with physics beside them.
+
+A criterion that asks for more than the hardware can physically deliver is
+*unattainable*, reported apart from *failed*, so a night is not red forever
+because of a wrong number in a plan. A measurement above its ceiling is a bug
+in the ceiling's inputs and is reported as such.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+from dataclasses import asdict, dataclass
+from datetime import date
+
+import duckdb
+
+from idp_ops.settings import Endpoint
+from idp_ops.physics.ceilings import EndpointCeiling
+from idp_ops.physics.formulas import criterion_status
+
+CRITERIA = ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced", "gpu_utilization")
+
+
+@dataclass
+class CriterionResult:
+    endpoint: str
+    criterion: str
+    status: str  # passed | failed | unattainable | not judged | no data
+    measured: float | None
+    threshold: float | None
+    unit: str
+    ceiling: float | None = None
+    efficiency: float | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _p(report, scenario: str, metric: str, key: str) -> float | None:
+    values = getattr(report, scenario).percentiles.get(metric) or {}
+    return values.get(key) if values.get("n") else None
+
+
+def _at_concurrency(report, concurrency: int):
+    candidates = [s for s in report.sweep if s.concurrency <= concurrency]
+    return max(candidates, key=lambda s: s.concurrency) if candidates else None
+
+
+def evaluate(
+    endpoint: Endpoint,
+    report,
+    *,
+    ceiling: EndpointCeiling | None,
+    unauthenticated_status: int | None,
+    gpu_utilization_pct: float | None,
+    gpu_measured: bool,
+) -> list[CriterionResult]:
+    """Every criterion for one endpoint, from one BenchReport (core/bench.py)."""
+    criteria = endpoint.acceptance
+    results: list[CriterionResult] = []
+
+    def latency(name: str, measured: float | None, threshold: float | None) -> None:
+        if threshold is None:
+            results.append(CriterionResult(endpoint.name, name, "not judged", measured, None, "ms", message="no threshold set"))
+            return
+        status = criterion_status(measured, threshold, None, higher_is_better=False)
+        message = "no successful request" if measured is None else f"{measured:.1f} ms vs < {threshold:g} ms"
+        results.append(CriterionResult(endpoint.name, name, status, measured, threshold, "ms", message=message))
+
+    latency("ttft_p50", _p(report, "warm_ttft", "ttft_ms", "p50"), criteria.ttft_p50_ms)
+    latency("ttft_p95", _p(report, "warm_ttft", "ttft_ms", "p95"), criteria.ttft_p95_ms)
+
+    measured = report.decode_tok_s
+    top = ceiling.tok_s if ceiling else None
+    efficiency = measured / top if measured is not None and top else None
+    if criteria.decode_tok_s_min is None:
+        status, message = "not judged", "no threshold set"
+    else:
+        status = criterion_status(measured, criteria.decode_tok_s_min, top, higher_is_better=True)
+        message = (
+            f"threshold {criteria.decode_tok_s_min:g} tok/s is above the physics ceiling {top:.1f} tok/s"
+            if status == "unattainable"
+            else ("no successful decode" if measured is None else f"{measured:.1f} tok/s vs >= {criteria.decode_tok_s_min:g}")
+        )
+    if measured is not None and top is not None and measured > top * 1.02:
+        # Physics cannot be beaten: the ceiling's inputs (bandwidth, bytes) are wrong.
+        status = "failed"
+        message = f"measured {measured:.1f} tok/s beats the ceiling {top:.1f} tok/s: the ceiling's inputs are wrong"
+    if top is not None:
+        message += f" (ceiling {top:.1f} tok/s from {ceiling.bandwidth_source} {ceiling.bandwidth_gbs:g} GB/s"
+        message += f", efficiency {efficiency:.0%})" if efficiency is not None else ")"
+    results.append(
+        CriterionResult(endpoint.name, "decode_throughput", status, measured, criteria.decode_tok_s_min, "tok/s",
+                        ceiling=top, efficiency=efficiency, message=message)
+    )
+
+    scenario = _at_concurrency(report, criteria.concurrency)
+    if scenario is None:
+        results.append(CriterionResult(endpoint.name, "success_at_concurrency", "no data", None,
+                                       criteria.success_rate_min, "ratio", message="no sweep at or below the concurrency"))
+    else:
+        ok = scenario.success_rate >= criteria.success_rate_min
+        results.append(
+            CriterionResult(
+                endpoint.name, "success_at_concurrency", "passed" if ok else "failed", scenario.success_rate,
+                criteria.success_rate_min, "ratio",
+                message=f"{scenario.success_rate:.0%} of requests succeeded at {scenario.concurrency} concurrent "
+                f"(aggregate {scenario.aggregate_output_tok_s:.1f} tok/s)",
+            )
+        )
+
+    if endpoint.key_name is None:
+        results.append(CriterionResult(endpoint.name, "auth_enforced", "failed", None, None, "status",
+                                       message="no key configured: anyone who reaches the port can use it"))
+    else:
+        rejected = unauthenticated_status in (401, 403)
+        results.append(
+            CriterionResult(endpoint.name, "auth_enforced", "passed" if rejected else "failed",
+                            unauthenticated_status, 401, "status",
+                            message=f"a request without the key answered {unauthenticated_status}")
+        )
+
+    if not endpoint.gpu or criteria.gpu_utilization_min_pct is None:
+        results.append(CriterionResult(endpoint.name, "gpu_utilization", "not judged", gpu_utilization_pct,
+                                       criteria.gpu_utilization_min_pct, "%", message="no GPU criterion for this endpoint"))
+    elif not gpu_measured:
+        results.append(CriterionResult(endpoint.name, "gpu_utilization", "not judged", None,
+                                       criteria.gpu_utilization_min_pct, "%", message="no NVML on this host"))
+    else:
+        status = criterion_status(gpu_utilization_pct, criteria.gpu_utilization_min_pct, 100.0, higher_is_better=True)
+        results.append(CriterionResult(endpoint.name, "gpu_utilization", status, gpu_utilization_pct,
+                                       criteria.gpu_utilization_min_pct, "%",
+                                       message=f"mean {gpu_utilization_pct}% during the benchmark"))
+    return results
+
+
+class GpuUtilizationSampler:
+    """Samples GPU utilization through NVML in a thread while a benchmark runs."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s = interval_s
+        self.values: list[float] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._source = None
+
+    def __enter__(self) -> GpuUtilizationSampler:
+        from idp_ops.thermal.telemetry import NvmlSource, TelemetryError
+
+        try:
+            self._source = NvmlSource(read_energy=False)
+        except TelemetryError as exc:
+            self.error = str(exc)
+            return self
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from idp_ops.thermal.telemetry import TelemetryError
+
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.values += [s.utilization_pct for s in self._source.sample() if s.utilization_pct is not None]
+            except TelemetryError as exc:
+                self.error = str(exc)
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._source:
+            self._source.close()
+
+    @property
+    def measured(self) -> bool:
+        return self._source is not None and bool(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.fmean(self.values), 1) if self.values else None
+
+
+# -- history -----------------------------------------------------------------
+
+
+def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceiling_tok_s: float | None) -> None:
+    """Replace this night's rows for the endpoint: re-running a night never duplicates."""
+    top = max(report.sweep, key=lambda s: s.concurrency) if report.sweep else None
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM bench_samples WHERE night = ? AND endpoint = ?", [night, report.endpoint])
+        con.execute("DELETE FROM bench_runs WHERE night = ? AND endpoint = ?", [night, report.endpoint])
+        con.execute(
+            "INSERT INTO bench_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                night, report.endpoint, report.protocol, report.url, report.model, report.started_at,
+                report.decode_tok_s, report.server_decode_tok_s,
+                _p(report, "warm_ttft", "ttft_ms", "p50"), _p(report, "warm_ttft", "ttft_ms", "p95"),
+                _p(report, "decode", "itl_ms", "p50"), _p(report, "decode", "tpot_ms", "p50"),
+                _p(report, "decode", "e2e_ms", "p50"),
+                top.concurrency if top else None, top.success_rate if top else None,
+                top.aggregate_output_tok_s if top else None, ceiling_tok_s,
+                json.dumps(report.errors_by_kind, sort_keys=True),
+                json.dumps([{"concurrency": s.concurrency, "success_rate": s.success_rate,
+                             "aggregate_tok_s": s.aggregate_output_tok_s} for s in report.sweep]),
+                report.ok,
+            ],
+        )
+        rows = []
+        for scenario in [report.warm_ttft, report.decode, *report.sweep]:
+            for sample in scenario.samples:
+                itl = statistics.median(sample.itl_ms) if sample.itl_ms else None
+                rows.append([night, report.endpoint, scenario.scenario, scenario.concurrency, sample.index,
+                             sample.started_at, sample.ttft_ms, sample.e2e_ms, sample.tpot_ms, itl,
+                             sample.output_tokens, sample.status, sample.error])
+        if rows:
+            con.executemany("INSERT INTO bench_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def record_load_test(con: duckdb.DuckDBPyConnection, night: date, endpoint: str, result) -> None:
+    con.execute("DELETE FROM load_tests WHERE night = ? AND endpoint = ?", [night, endpoint])
+    con.execute(
+        "INSERT INTO load_tests VALUES (?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [night, endpoint, result.users, result.run_time_s, result.requests, result.failures, result.server_errors,
+         result.rps, result.p50_ms, result.p95_ms,
+         json.dumps(result.failures_by_status, sort_keys=True), result.ok],
+    )

@@ -41,8 +41,16 @@ from idp_ops.backup.manifest import build_manifest, scan
 
 CHUNK = 64 * 1024 * 1024
 SMALL_NAMES = [
-    "config.json", "tokenizer.json", "vocab.txt", "special_tokens_map.json", "generation_config.json",
-    "shard-a.bin", "shard-b.bin", "merges.txt", "README.md", "tokenizer_config.json",
+    "config.json",
+    "tokenizer.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "shard-a.bin",
+    "shard-b.bin",
+    "merges.txt",
+    "README.md",
+    "tokenizer_config.json",
 ]
 
 PLAN_SCRIPT = r"""
@@ -93,7 +101,9 @@ def generate_store(store: Path, size_gb: float) -> None:
                 written += n
     total = sum(f.size for f in scan(store))
     ready.write_text(json.dumps(spec))
-    print(f"generated {store}: {len(large + mid + small)} files, {total / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s")
+    print(
+        f"generated {store}: {len(large + mid + small)} files, {total / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s"
+    )
 
 
 def timed(command: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
@@ -101,7 +111,9 @@ def timed(command: list[str], **kwargs) -> tuple[float, subprocess.CompletedProc
     done = subprocess.run(command, capture_output=True, text=True, **kwargs)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
-        sys.exit(f"command failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        sys.exit(
+            f"command failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     return elapsed, done
 
 
@@ -160,7 +172,9 @@ def main() -> None:
     plan = ["bash", "-c", PLAN_SCRIPT, "plan", str(store), str(work / "plan-dest"), str(work / "plan-SHA256SUMS")]
 
     def ours(label: str) -> tuple[float, dict]:
-        elapsed, done = timed([sys.executable, "-m", "idp_ops.cli", "--config", str(configs[label]), "backup", "--json"], env=env)
+        elapsed, done = timed(
+            [sys.executable, "-m", "idp_ops.cli", "--config", str(configs[label]), "backup", "--json"], env=env
+        )
         return elapsed, json.loads(done.stdout)
 
     print(f"store {store}: {len(files)} files, {total / 1e9:.2f} GB; {cores} cores\n")
@@ -184,7 +198,9 @@ def main() -> None:
 
     plan_median = statistics.median(plan_times)
     ours_mean = statistics.mean(ours_times)
-    print(f"  plan (find+sha256sum+rsync --checksum+count): {', '.join(f'{t:.2f}' for t in plan_times)} s; median {plan_median:.2f} s")
+    print(
+        f"  plan (find+sha256sum+rsync --checksum+count): {', '.join(f'{t:.2f}' for t in plan_times)} s; median {plan_median:.2f} s"
+    )
     print(f"  ours, one full scrub rotation ({args.scrub_runs} runs, whole `idp-ops backup` commands):")
     for slice_index, scrub_bytes, elapsed, inside, rsync_s in slices:
         print(
@@ -192,9 +208,15 @@ def main() -> None:
             f"{rsync_s:.2f} s; the rest is process start), scrub compared {scrub_bytes / 1e9:.2f} GB per side"
         )
     print(f"    mean {ours_mean:.2f} s, min {min(ours_times):.2f} s, max {max(ours_times):.2f} s")
-    print(f"  ours without the scrub: {', '.join(f'{t:.2f}' for t in no_scrub)} s; median {statistics.median(no_scrub):.2f} s")
-    print(f"  RATIO plan/ours (mean over a rotation, scrub 1/{args.scrub_runs}): {plan_median / ours_mean:.1f}x  (target >= 50x)")
-    print(f"  RATIO plan/ours (worst slice): {plan_median / max(ours_times):.1f}x; (best slice): {plan_median / min(ours_times):.1f}x")
+    print(
+        f"  ours without the scrub: {', '.join(f'{t:.2f}' for t in no_scrub)} s; median {statistics.median(no_scrub):.2f} s"
+    )
+    print(
+        f"  RATIO plan/ours (mean over a rotation, scrub 1/{args.scrub_runs}): {plan_median / ours_mean:.1f}x  (target >= 50x)"
+    )
+    print(
+        f"  RATIO plan/ours (worst slice): {plan_median / max(ours_times):.1f}x; (best slice): {plan_median / min(ours_times):.1f}x"
+    )
     print(f"  RATIO plan/ours without the scrub: {plan_median / statistics.median(no_scrub):.1f}x")
 
     print("\n(b) first full manifest pass (no cache) on page-cached files")
@@ -218,12 +240,20 @@ def main() -> None:
         coreutils.append(largest.size / timed(["sha256sum", str(store / largest.path)])[0])
     ours_rate, single, multi = statistics.median(ours_rates), statistics.median(singles), statistics.median(multis)
     coreutils_rate = statistics.median(coreutils)
-    print(f"  ours (median of 3 full passes): {ours_rate / 1e9:.2f} GB/s ({', '.join(f'{r / 1e9:.2f}' for r in ours_rates)}; "
-          f"hashing alone {statistics.median(hash_rates) / 1e9:.2f} GB/s, {cores} threads)")
-    print(f"  openssl speed -evp sha256 -bytes 8192: {single / 1e9:.2f} GB/s per core; x {cores} cores = {single * cores / 1e9:.2f} GB/s")
-    print(f"  openssl speed -multi {cores} (all cores busy at once): {multi / 1e9:.2f} GB/s ({', '.join(f'{r / 1e9:.2f}' for r in multis)})")
-    print(f"  ours with one thread: {statistics.median(one_thread) / 1e9:.2f} GB/s = "
-          f"{statistics.median(one_thread) / single:.2f} of one core's OpenSSL rate")
+    print(
+        f"  ours (median of 3 full passes): {ours_rate / 1e9:.2f} GB/s ({', '.join(f'{r / 1e9:.2f}' for r in ours_rates)}; "
+        f"hashing alone {statistics.median(hash_rates) / 1e9:.2f} GB/s, {cores} threads)"
+    )
+    print(
+        f"  openssl speed -evp sha256 -bytes 8192: {single / 1e9:.2f} GB/s per core; x {cores} cores = {single * cores / 1e9:.2f} GB/s"
+    )
+    print(
+        f"  openssl speed -multi {cores} (all cores busy at once): {multi / 1e9:.2f} GB/s ({', '.join(f'{r / 1e9:.2f}' for r in multis)})"
+    )
+    print(
+        f"  ours with one thread: {statistics.median(one_thread) / 1e9:.2f} GB/s = "
+        f"{statistics.median(one_thread) / single:.2f} of one core's OpenSSL rate"
+    )
     print(f"  coreutils sha256sum (one process): {coreutils_rate / 1e9:.2f} GB/s")
     print(f"  RATIO ours / (openssl x cores): {ours_rate / (single * cores):.2f}  (target >= 0.8)")
     print(f"  RATIO ours / (openssl -multi {cores}): {ours_rate / multi:.2f}")

@@ -67,7 +67,9 @@ async def _sequential(url, protocol, model, key, runs, max_tokens, scenario):
         await stream_request(client, url, protocol, model, key, make_prompt(nonce, 10_000), 8, scenario="warmup")
         for i in range(runs):
             samples.append(
-                await stream_request(client, url, protocol, model, key, make_prompt(nonce, i), max_tokens, index=i, scenario=scenario)
+                await stream_request(
+                    client, url, protocol, model, key, make_prompt(nonce, i), max_tokens, index=i, scenario=scenario
+                )
             )
     bad = [s for s in samples if not s.ok]
     if bad:
@@ -115,7 +117,9 @@ def _serve(port_queue, interval_s: float) -> None:
                     length = int(line.split(b":", 1)[1])
             body = json.loads(await reader.readexactly(length)) if length else {}
             if request_line.startswith(b"GET /health"):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                )
                 await writer.drain()
                 return
             n = int(body.get("n_predict") or 16)
@@ -162,7 +166,9 @@ async def _level(url: str, concurrency: int, tokens: int) -> dict:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         samples = await asyncio.gather(
             *[
-                stream_request(client, url, "llamacpp", "m", None, make_prompt(nonce, i), tokens, index=i, concurrency=concurrency)
+                stream_request(
+                    client, url, "llamacpp", "m", None, make_prompt(nonce, i), tokens, index=i, concurrency=concurrency
+                )
                 for i in range(concurrency)
             ]
         )
@@ -240,8 +246,8 @@ def capacity(levels: list[int], interval_ms: float, tokens: int) -> dict:
 def deploy_private_stack(log) -> tuple[object, dict]:
     """A CPU stack on free ports from the repo's image and model, in a temporary home."""
     from idp_ops.settings import REPO_ROOT, load_settings
-    from idp_ops.stack.secrets import ensure_keys
     from idp_ops.stack.deploy import deploy
+    from idp_ops.stack.secrets import ensure_keys
 
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("IDP_")}
     cwd = os.getcwd()
@@ -279,7 +285,9 @@ def deploy_private_stack(log) -> tuple[object, dict]:
         endpoints=endpoints,
         stop_timeout_s=5,
     )
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     report = deploy(settings, log=log)
     if not report.ok:
         raise SystemExit(f"deploy failed: {report.problems}")
@@ -296,7 +304,9 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=200)
     parser.add_argument("--ttft-runs", type=int, default=20)
     parser.add_argument("--levels", default="1,8,32,64,128,256,512")
-    parser.add_argument("--interval-ms", type=float, default=20.0, help="the local server's token interval (20 ms = 50 tok/s)")
+    parser.add_argument(
+        "--interval-ms", type=float, default=20.0, help="the local server's token interval (20 ms = 50 tok/s)"
+    )
     parser.add_argument("--stream-tokens", type=int, default=100)
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -320,9 +330,19 @@ def main() -> int:
             settings, _info = deploy_private_stack(log)
             targets = [(e.url, e.protocol, e.model, read_key(settings.key_file(e))) for e in settings.endpoints]
         for url, protocol, model, key in targets:
-            log(f"accuracy against {url} ({protocol}): {args.decode_runs}×{args.decode_tokens}-token decodes, {args.ttft_runs} TTFT requests")
+            log(
+                f"accuracy against {url} ({protocol}): {args.decode_runs}×{args.decode_tokens}-token decodes, {args.ttft_runs} TTFT requests"
+            )
             results["accuracy"].append(
-                accuracy(url, protocol, model, key, decode_runs=args.decode_runs, decode_tokens=args.decode_tokens, ttft_runs=args.ttft_runs)
+                accuracy(
+                    url,
+                    protocol,
+                    model,
+                    key,
+                    decode_runs=args.decode_runs,
+                    decode_tokens=args.decode_tokens,
+                    ttft_runs=args.ttft_runs,
+                )
             )
     finally:
         if settings is not None:
@@ -357,7 +377,9 @@ def main() -> int:
         )
     c = results["capacity"]
     if c:
-        print(f"\nclient capacity: local SSE server in another process, {c['tokens_per_stream']} tokens/stream at {c['interval_ms']:g} ms/token")
+        print(
+            f"\nclient capacity: local SSE server in another process, {c['tokens_per_stream']} tokens/stream at {c['interval_ms']:g} ms/token"
+        )
         print("  conc   ok  client CPU  µs/event  server CPU  events/s  TTFT p50  ITL p50  ITL p95  ITL p99  sustained")
         for row in c["rows"]:
             print(

@@ -13,8 +13,8 @@ import sys
 import time
 
 from idp_ops.settings import load_settings
-from idp_ops.stack.probe import wait_until_ready
 from idp_ops.stack.deploy import clear_latch, compose_project, contain
+from idp_ops.stack.probe import wait_until_ready
 
 
 def main(rounds: int) -> None:

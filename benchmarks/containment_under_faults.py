@@ -28,21 +28,21 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
 from dagster import DagsterInstance, build_sensor_context
 
-from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.last_good_settings import load_or_last_good
-from idp_ops.stack.deploy import clear_latch, compose_project, contain, read_latch
-from idp_ops.thermal.telemetry import Sample, write_samples_csv
-from idp_ops.thermal.policy import PolicyConfig
-from idp_ops.thermal.watch import AlertSink, Spool, WatchState, record_tick, watch_tick, webhooks
 from idp_ops.resources import SettingsResource
-from idp_ops.sensors import thermal_sensor
+from idp_ops.settings import REPO_ROOT, load_settings
+from idp_ops.stack.deploy import clear_latch, compose_project, contain, read_latch
+from idp_ops.thermal.defs import thermal_sensor
+from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.telemetry import Sample, write_samples_csv
+from idp_ops.thermal.watch import AlertSink, Spool, WatchState, record_tick, watch_tick, webhooks
 
 STANDIN = """\
 services:
@@ -83,8 +83,9 @@ class Hot:
     name = "nvml"
 
     def __init__(self, start: datetime):
-        self.samples = [Sample(ts=start + timedelta(seconds=i), device="gpu0", source="nvml", temperature_c=95)
-                        for i in range(2)]
+        self.samples = [
+            Sample(ts=start + timedelta(seconds=i), device="gpu0", source="nvml", temperature_c=95) for i in range(2)
+        ]
 
     def sample(self):
         return self.samples
@@ -105,19 +106,39 @@ def prepare(work: Path, fault: str, image: str, hook_url: str | None) -> Path:
     compose = work / "standin.yml"
     compose.write_text(STANDIN)
     trace = work / "trace.csv"
-    t0 = datetime.now(timezone.utc)
-    write_samples_csv([Sample(ts=t0 + timedelta(seconds=i), device="gpu0", source="csv", temperature_c=t)
-                       for i, t in enumerate([40, 41, 95, 96])], trace)
-    thermal = {"warn_c": 85, "contain_c": 90, "replay_csv": str(trace), "replay_rows_per_tick": 2,
-               "webhook_timeout_s": 30}
+    t0 = datetime.now(UTC)
+    write_samples_csv(
+        [
+            Sample(ts=t0 + timedelta(seconds=i), device="gpu0", source="csv", temperature_c=t)
+            for i, t in enumerate([40, 41, 95, 96])
+        ],
+        trace,
+    )
+    thermal = {
+        "warn_c": 85,
+        "contain_c": 90,
+        "replay_csv": str(trace),
+        "replay_rows_per_tick": 2,
+        "webhook_timeout_s": 30,
+    }
     if hook_url:
         thermal["webhook_url"] = hook_url
     config = work / "idp-ops.yaml"
-    config.write_text(yaml.safe_dump({
-        "profile": "gpu", "home": str(home), "compose_file": str(compose), "endpoints": [],
-        "compose_project": f"idp-bench-{uuid.uuid4().hex[:8]}", "llama_server_image": image,
-        "gpu_services": ["gpu-standin"], "stop_timeout_s": 2, "thermal": thermal,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "profile": "gpu",
+                "home": str(home),
+                "compose_file": str(compose),
+                "endpoints": [],
+                "compose_project": f"idp-bench-{uuid.uuid4().hex[:8]}",
+                "llama_server_image": image,
+                "gpu_services": ["gpu-standin"],
+                "stop_timeout_s": 2,
+                "thermal": thermal,
+            }
+        )
+    )
     settings = load_settings(config)
     load_or_last_good(config)  # the watch has seen these settings before the fault
     for directory in (settings.thermal_spool_dir, settings.alerts_log.parent):
@@ -144,14 +165,21 @@ def guard_round(config: Path, fault: str) -> float:
     try:
         started = time.perf_counter()
         active, _ = load_or_last_good(config)
-        result = watch_tick([Hot(datetime.now(timezone.utc))], PolicyConfig.from_thresholds(active.thermal),
-                            WatchState(), latch=read_latch(active))
+        result = watch_tick(
+            [Hot(datetime.now(UTC))],
+            PolicyConfig.from_thresholds(active.thermal),
+            WatchState(),
+            latch=read_latch(active),
+        )
         for request in result.to_contain:
             contain(active, "benchmark", {"episode": request.episode}, retry_for_s=30)
         elapsed = time.perf_counter() - started
-        record_tick(result, Spool(active.thermal_spool_dir),
-                    AlertSink(active.alerts_log, active.thermal.webhook_url, active.thermal.webhook_timeout_s),
-                    origin="guard")
+        record_tick(
+            result,
+            Spool(active.thermal_spool_dir),
+            AlertSink(active.alerts_log, active.thermal.webhook_url, active.thermal.webhook_timeout_s),
+            origin="guard",
+        )
         assert result.to_contain and read_latch(active) is not None
         return elapsed
     finally:
@@ -176,8 +204,11 @@ def main(rounds: int) -> None:
     image = image.llama_server_image
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hang)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    hooks = {"webhook hangs": f"http://127.0.0.1:{server.server_port}/hook",
-             "webhook refuses": f"http://127.0.0.1:{closed_port()}/hook", "webhook not a URL": "http://[::1"}
+    hooks = {
+        "webhook hangs": f"http://127.0.0.1:{server.server_port}/hook",
+        "webhook refuses": f"http://127.0.0.1:{closed_port()}/hook",
+        "webhook not a URL": "http://[::1",
+    }
     results: dict[str, dict[str, list[float]]] = {}
     for fault in FAULTS:
         if fault == "disk full" and os.geteuid() != 0:

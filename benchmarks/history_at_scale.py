@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,10 @@ sys.path.insert(0, str(REPO))
 
 from idp_ops.history import database as history  # noqa: E402
 from idp_ops.reports.roi import measured_energy  # noqa: E402
-from idp_ops.thermal.store import rollup_day  # noqa: E402
 from idp_ops.reports.trends import analyse_runs, load_bench_runs, thermal_daily  # noqa: E402
+from idp_ops.thermal.store import rollup_day  # noqa: E402
 
-START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+START = datetime(2025, 1, 1, tzinfo=UTC)
 DAYS = 365
 INTERVAL_S = 30
 DEVICES = ("gpu0", "gpu1")
@@ -101,7 +101,7 @@ def bench_runs() -> pd.DataFrame:
         for endpoint, decode, ceiling in (("vllm-gpu", 80.0, 89.6), ("llamacpp-cpu", 30.0, 40.96)):
             rows.append({
                 "night": night, "endpoint": endpoint, "protocol": "openai", "url": "http://127.0.0.1:8000",
-                "model": "m", "started_at": datetime.combine(night, datetime.min.time(), timezone.utc) + timedelta(hours=2),
+                "model": "m", "started_at": datetime.combine(night, datetime.min.time(), UTC) + timedelta(hours=2),
                 "decode_tok_s": decode * rng.normal(1, 0.02), "server_decode_tok_s": decode * rng.normal(1.02, 0.02),
                 "ttft_p50_ms": 60 * rng.normal(1, 0.03), "ttft_p95_ms": 120 * rng.normal(1, 0.05),
                 "itl_p50_ms": 12.0, "tpot_p50_ms": 12.5, "e2e_p50_ms": 1600.0, "max_concurrency": 32,
@@ -184,7 +184,9 @@ def _daily(hourly: pd.DataFrame) -> pd.DataFrame:
 
 def pandas_thermal_daily(csv: Path) -> pd.DataFrame:
     df = pd.read_csv(csv, parse_dates=["hour"])
-    df["throttle_seconds"] = [sum(json.loads(t).values()) if isinstance(t, str) else 0.0 for t in df["throttle_seconds"]]
+    df["throttle_seconds"] = [
+        sum(json.loads(t).values()) if isinstance(t, str) else 0.0 for t in df["throttle_seconds"]
+    ]
     return _daily(df)
 
 
@@ -285,16 +287,29 @@ def run(work: Path) -> int:
     # rollup_day works one day at a time, so the one 30 s interval that crosses midnight is not
     # counted (1 of 2,880 a day): the raw path may exceed it by that much, never more.
     assert _close(days_duck["energy_kwh"].sum(), days_raw["energy_kwh"].sum(), 1e-3)
-    assert abs(days_duck["seconds_above_warn"].sum() - days_raw["seconds_above_warn"].sum()) <= DAYS * len(DEVICES) * INTERVAL_S
+    assert (
+        abs(days_duck["seconds_above_warn"].sum() - days_raw["seconds_above_warn"].sum())
+        <= DAYS * len(DEVICES) * INTERVAL_S
+    )
     energy, (raw_kwh, raw_hours), (hourly_kwh, hourly_hours) = results[2][4][0], results[2][5], results[2][6]
-    assert energy.hours == raw_hours == hourly_hours and _close(energy.kwh, hourly_kwh) and _close(energy.kwh, raw_kwh, 1e-3)
+    assert (
+        energy.hours == raw_hours == hourly_hours
+        and _close(energy.kwh, hourly_kwh)
+        and _close(energy.kwh, raw_kwh, 1e-3)
+    )
     assert [s.as_dict() for s in results[3][4].latest] == [s.as_dict() for s in results[3][5].latest]
 
     print("\ningest (one run)                         DuckDB s     CSV s")
-    print(f"  {'bulk insert, 2.1 M samples + 730 runs':<38} {duck_insert:>8.2f}  {csv_write:>8.2f}  (CSV: DataFrame.to_csv)")
-    print(f"  {'hourly rollup_day x 365 (app path)':<38} {duck_rollup:>8.2f}  {'-':>8}  "
-          f"({duck_rollup / DAYS * 1000:.1f} ms per day ingested)")
-    print(f"\nqueries (best of {REPEATS}), seconds      DuckDB   CSV raw  ratio   CSV hourly  ratio   target >=10x & <0.1 s")
+    print(
+        f"  {'bulk insert, 2.1 M samples + 730 runs':<38} {duck_insert:>8.2f}  {csv_write:>8.2f}  (CSV: DataFrame.to_csv)"
+    )
+    print(
+        f"  {'hourly rollup_day x 365 (app path)':<38} {duck_rollup:>8.2f}  {'-':>8}  "
+        f"({duck_rollup / DAYS * 1000:.1f} ms per day ingested)"
+    )
+    print(
+        f"\nqueries (best of {REPEATS}), seconds      DuckDB   CSV raw  ratio   CSV hourly  ratio   target >=10x & <0.1 s"
+    )
     met_count = 0
     for name, duck_s, csv_s, hourly_s, *_ in results:
         ratio = csv_s / duck_s
@@ -302,8 +317,10 @@ def run(work: Path) -> int:
         met_count += met
         like = f"{hourly_s:>10.4f} {hourly_s / duck_s:>6.1f}x" if hourly_s is not None else f"{'-':>10} {'':>7}"
         print(f"  {name:<41} {duck_s:>7.4f} {csv_s:>8.3f} {ratio:>6.1f}x  {like}   {'met' if met else 'NOT met'}")
-    print("  (CSV raw: the year's samples re-read from CSV; CSV hourly: a pre-rolled hourly CSV, like for like;"
-          " bench runs: one CSV either way)")
+    print(
+        "  (CSV raw: the year's samples re-read from CSV; CSV hourly: a pre-rolled hourly CSV, like for like;"
+        " bench runs: one CSV either way)"
+    )
     print(f"\nyear energy: {hourly_duck['energy_kwh'].sum():,.0f} kWh; last 30 days {energy.kwh:,.1f} kWh "
           f"({energy.kwh_per_day:.1f} kWh/day); bench regressions on the last night: "
           f"{len(results[3][4].regressions)}")  # fmt: skip

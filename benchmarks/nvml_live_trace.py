@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from idp_ops.thermal.telemetry import CsvReplaySource, NoDevice, NvmlSource, write_samples_csv  # noqa: E402
 from idp_ops.thermal.policy import PolicyConfig, replay  # noqa: E402
+from idp_ops.thermal.telemetry import CsvReplaySource, NoDevice, NvmlSource, write_samples_csv  # noqa: E402
 
 
 def matmul_load(stop: threading.Event) -> str:
@@ -86,14 +86,17 @@ def main() -> int:
     temps = [s.temperature_c for s in samples if s.temperature_c is not None]
     powers = [s.power_w for s in samples if s.power_w is not None]
     idle = min(temps)
-    print(f"{len(samples)} samples in {time.monotonic() - started:.0f} s; temperature {min(temps)}..{max(temps)} C; "
-          f"power {min(powers):.0f}..{max(powers):.0f} W; reasons seen: "
-          f"{sorted({r for s in samples for r in s.throttle_reasons})}")
+    print(
+        f"{len(samples)} samples in {time.monotonic() - started:.0f} s; temperature {min(temps)}..{max(temps)} C; "
+        f"power {min(powers):.0f}..{max(powers):.0f} W; reasons seen: "
+        f"{sorted({r for s in samples for r in s.throttle_reasons})}"
+    )
     energy = [s.energy_mj for s in samples if s.energy_mj is not None]
     if len(energy) > 1:
         print(f"energy over the trace: {(energy[-1] - energy[0]) / 3.6e6:.3f} Wh")
-    config = PolicyConfig(warn_c=idle + 6, contain_c=idle + 9, slowdown_margin_c=3, consecutive_samples=2,
-                          hysteresis_c=2, clear_after_s=3)
+    config = PolicyConfig(
+        warn_c=idle + 6, contain_c=idle + 9, slowdown_margin_c=3, consecutive_samples=2, hysteresis_c=2, clear_after_s=3
+    )
     decisions = replay(back, config, [])
     print(f"policy with lines scaled to warn {config.warn_c} C / contain {config.contain_c} C:")
     for d in decisions:

@@ -82,7 +82,9 @@ def measure(source: NvmlSource, rounds: int) -> dict:
     no_energy = []
     for _ in range(rounds):
         t = time.perf_counter()
-        read_nvml_sample(pynvml, handle, "gpu0", source._clock(), unsupported=set(source._unsupported["gpu0"]), read_energy=False)
+        read_nvml_sample(
+            pynvml, handle, "gpu0", source._clock(), unsupported=set(source._unsupported["gpu0"]), read_energy=False
+        )
         no_energy.append(time.perf_counter() - t)
     result = {
         "rounds": rounds,
@@ -111,7 +113,20 @@ def recorded(report_path: Path | None) -> dict:
             smi_ms = statistics.median(r["nvidia_smi_query_ms"])
             costs = r["cost_us_per_call"]
             five_us = r["nvml_seed_fields_sample_us"]
-            full_us = sum(costs[k] for k in ("temperature", "power_mw", "energy_mj", "util", "memory", "sm_clock", "mem_clock", "clocks_event_reasons", "NVML_FI_DEV_POWER_INSTANT"))
+            full_us = sum(
+                costs[k]
+                for k in (
+                    "temperature",
+                    "power_mw",
+                    "energy_mj",
+                    "util",
+                    "memory",
+                    "sm_clock",
+                    "mem_clock",
+                    "clocks_event_reasons",
+                    "NVML_FI_DEV_POWER_INSTANT",
+                )
+            )
             return {
                 "source": str(path),
                 "gpu": r.get("name"),
@@ -145,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         if rec.get("source"):
             print(f"  GPU {rec['gpu']}, driver {rec['driver']}, nvmlInit {rec['nvmlInit_ms']:.1f} ms (once per source)")
             print(f"  NVML, seed's five fields:          {rec['nvml_seed_five_fields_us']:10.2f} us")
-            print(f"  NVML, sum of our sample's fields:  {rec['nvml_sum_of_our_fields_us']:10.2f} us"
-                  f"  (energy counter alone {rec['energy_counter_us']:.0f} us)")
+            print(
+                f"  NVML, sum of our sample's fields:  {rec['nvml_sum_of_our_fields_us']:10.2f} us"
+                f"  (energy counter alone {rec['energy_counter_us']:.0f} us)"
+            )
             print(f"  nvidia-smi --query-gpu (median):   {rec['nvidia_smi_ms_median'] * 1000:10.0f} us")
             print(f"  ratio nvidia-smi / five fields:    {rec['ratio_smi_over_seed_five']:10.0f} x")
             print(f"  ratio nvidia-smi / our fields:     {rec['ratio_smi_over_our_fields']:10.1f} x")
@@ -162,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"MEASURED on {result['gpus']} (driver {result['driver']}), {result['rounds']} rounds, medians:")
     print(f"  ours: NvmlSource.sample() (all fields, energy incl.): {result['ours_full_sample_us_median']:10.1f} us")
-    print(f"  ours: same without the energy counter:               {result['ours_full_sample_without_energy_us_median']:10.1f} us")
-    print(f"  ours: seed's five fields over NVML:                  {result['ours_seed_five_fields_us_median']:10.1f} us")
+    print(
+        f"  ours: same without the energy counter:               {result['ours_full_sample_without_energy_us_median']:10.1f} us"
+    )
+    print(
+        f"  ours: seed's five fields over NVML:                  {result['ours_seed_five_fields_us_median']:10.1f} us"
+    )
     if result["nvidia_smi_ms_median"] is not None:
-        print(f"  nvidia-smi --query-gpu subprocess:                   {result['nvidia_smi_ms_median'] * 1000:10.1f} us")
+        print(
+            f"  nvidia-smi --query-gpu subprocess:                   {result['nvidia_smi_ms_median'] * 1000:10.1f} us"
+        )
         print(f"  ratio nvidia-smi / NvmlSource.sample():              {result['ratio_smi_over_full_sample']:10.1f} x")
         print(f"  ratio nvidia-smi / five fields over NVML:            {result['ratio_smi_over_seed_five']:10.0f} x")
     else:

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.models.demo_model import fetch_demo_model
+from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.deploy import compose_project
 from idp_ops_tests.thermal_e2e import contain_through_daemon, contain_through_guard, deploy_fresh, replay_settings
 
@@ -31,8 +31,9 @@ def main(rounds: int) -> None:
         for path in ("daemon", "guard"):
             with tempfile.TemporaryDirectory() as tmp:
                 tmp_path = Path(tmp)
-                config = replay_settings(tmp_path, models_dir, repo.llama_server_image, f"idp-ops-bench-{path}",
-                                         rows_per_tick=5)
+                config = replay_settings(
+                    tmp_path, models_dir, repo.llama_server_image, f"idp-ops-bench-{path}", rows_per_tick=5
+                )
                 settings = load_settings(config)
                 try:
                     deploy_fresh(settings)
@@ -46,7 +47,9 @@ def main(rounds: int) -> None:
                 results[path].append(timing.latency_s)
                 print(f"round {index + 1} {path:<6} {timing.latency_s:6.2f} s", flush=True)
     for path, values in results.items():
-        print(f"{path:<6} median {statistics.median(values):6.2f} s  min {min(values):6.2f}  max {max(values):6.2f}  (n={len(values)})")
+        print(
+            f"{path:<6} median {statistics.median(values):6.2f} s  min {min(values):6.2f}  max {max(values):6.2f}  (n={len(values)})"
+        )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from idp_ops.settings import Settings, SettingsError, load_settings
 from idp_ops.fsutil import atomic_write_text
+from idp_ops.settings import Settings, SettingsError, load_settings
 
 SNAPSHOT_NAME = "settings.last-good.json"
 

@@ -1,14 +1,13 @@
 """ConfigurableResources wrapping core/: one per concern, chosen per environment in definitions.py."""
 
-
 from typing import Optional
 
 from dagster import ConfigurableResource, ResourceDependency
 
+from idp_ops.last_good_settings import load_or_last_good
 from idp_ops.settings import Settings, load_settings
 from idp_ops.stack import deploy as stack_core
 from idp_ops.stack.compose import ComposeProject
-from idp_ops.last_good_settings import load_or_last_good
 from idp_ops.thermal.watch import alert_failed_attempt, webhooks
 
 
@@ -44,7 +43,10 @@ class StackResource(ConfigurableResource):
             log(problem)
         try:
             return stack_core.contain(
-                settings, reason, reading, log=log,
+                settings,
+                reason,
+                reading,
+                log=log,
                 on_failed_attempt=alert_failed_attempt(settings, reading, origin),
             )
         finally:

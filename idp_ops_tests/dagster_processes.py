@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,7 +33,15 @@ class Dagster:
 
     def start(self, *, webserver: bool = True, daemon: bool = True) -> None:
         commands = {
-            "webserver": [str(BIN / "dagster-webserver"), "-w", self.workspace, "-h", "127.0.0.1", "-p", str(self.port)],
+            "webserver": [
+                str(BIN / "dagster-webserver"),
+                "-w",
+                self.workspace,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
             "daemon": [str(BIN / "dagster-daemon"), "run", "-w", self.workspace],
         }
         wanted = {"webserver": webserver, "daemon": daemon}
@@ -63,10 +72,8 @@ class Dagster:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(proc, signal.SIGKILL)  # stragglers in the group (code servers), if any
             if proc.poll() is None:
                 proc.wait(timeout=10)
@@ -80,7 +87,5 @@ class Dagster:
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -26,8 +26,9 @@ class SecondEngine:
         self.proc: subprocess.Popen | None = None
 
     def docker(self, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "-H", self.host, *args], capture_output=True, text=True, timeout=timeout,
-                              **kwargs)
+        return subprocess.run(
+            ["docker", "-H", self.host, *args], capture_output=True, text=True, timeout=timeout, **kwargs
+        )
 
     def answering(self) -> bool:
         try:
@@ -45,10 +46,23 @@ class SecondEngine:
         with self.log.open("ab") as out:
             # nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts.
             self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.name}", "dockerd", "-H", self.host,
-                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                 "--pidfile", str(self.pidfile), "--iptables=false"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{self.name}",
+                    "dockerd",
+                    "-H",
+                    self.host,
+                    "--data-root",
+                    str(self.data_root),
+                    "--exec-root",
+                    str(self.exec_root),
+                    "--pidfile",
+                    str(self.pidfile),
+                    "--iptables=false",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while not self.answering():
@@ -72,8 +86,9 @@ class SecondEngine:
         if self.docker("image", "inspect", image).returncode == 0:
             return
         saved = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        loaded = subprocess.run(["docker", "-H", self.host, "load"], stdin=saved.stdout, capture_output=True,
-                                timeout=300)
+        loaded = subprocess.run(
+            ["docker", "-H", self.host, "load"], stdin=saved.stdout, capture_output=True, timeout=300
+        )
         saved.wait(timeout=60)
         if loaded.returncode != 0:
             raise RuntimeError(f"could not load {image} into the second engine: {loaded.stderr.decode()}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import Definitions, OpExecutionContext, in_process_executor, job, op
 
 from idp_ops import definitions as product  # a module, not a second Definitions in this namespace
-from idp_ops.jobs import HEAVY_TAG
+from idp_ops.runs import HEAVY_TAG
 
 
 @op

@@ -12,11 +12,11 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, DefaultScheduleStatus
 
-from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
-from idp_ops.history import database as history
 from idp_ops.backup.snapshots import DATA, SNAPSHOTS, list_snapshots
 from idp_ops.definitions import defs
+from idp_ops.history import database as history
 from idp_ops.resources import SettingsResource
+from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
 
 from .conftest import write_settings
 from .core.test_manifest import flip_bit
@@ -183,7 +183,10 @@ def step_failure(result):
 def test_an_emptied_store_fails_the_run_with_the_reason_and_keeps_every_snapshot_unless_allowed(box, tmp_path):
     models, backups, config = box
     write_settings(
-        config, home=tmp_path / "home", models_dir=models, backups_dir=backups,
+        config,
+        home=tmp_path / "home",
+        models_dir=models,
+        backups_dir=backups,
         backup={"scrub_runs": 1, "keep_snapshots": 1, "keep_weekly": 0, "keep_monthly": 0},
     )
     assert run_job("weekly_backup_job", tmp_path, config).success
@@ -225,7 +228,10 @@ def test_the_snapshot_holds_the_box_state_with_the_running_dagster_instance_copi
     assert result.success
     backup = materialization(result, "model_backup")
     assert backup["state_parts"].value == {
-        "settings": "copied", "secrets": "absent", "history": "copied", "dagster": "copied",
+        "settings": "copied",
+        "secrets": "absent",
+        "history": "copied",
+        "dagster": "copied",
     }
     state = backups / SNAPSHOTS / backup["snapshot"].value / "state"
     assert (state / "settings" / config.name).read_text() == config.read_text()

@@ -56,14 +56,29 @@ def test_audit_compose_names_each_planted_problem_and_exits_nonzero(tmp_path):
     findings = json.loads(result.stdout)["findings"]
     assert set(findings[0]) == {"service", "rule", "severity", "message"}
     rules = {f["rule"] for f in findings}
-    assert {"CIS-5.4", "CIS-5.5", "CIS-5.14", "CIS-5.17", "CIS-5.32", "IDP-SECRET-ENV", "IDP-MODEL-RW", "IDP-ROOT"} <= rules
+    assert {
+        "CIS-5.4",
+        "CIS-5.5",
+        "CIS-5.14",
+        "CIS-5.17",
+        "CIS-5.32",
+        "IDP-SECRET-ENV",
+        "IDP-MODEL-RW",
+        "IDP-ROOT",
+    } <= rules
     assert FAKE_KEY not in result.stdout
 
 
 # One service carrying every root-equivalent setting: (rule, the setting its message must name).
 ROOT_EQUIVALENT = {
     "cap_add": ["sys_rawio", "CAP_SYS_ADMIN"],
-    "security_opt": ["no-new-privileges:true", "seccomp:unconfined", "apparmor=unconfined", "label:disable", "systempaths=unconfined"],
+    "security_opt": [
+        "no-new-privileges:true",
+        "seccomp:unconfined",
+        "apparmor=unconfined",
+        "label:disable",
+        "systempaths=unconfined",
+    ],
     "volumes": ["/:/host:ro", "/etc:/host-etc:ro", "/srv/data:/data:ro,rshared"],
     "devices": ["/dev/mem:/dev/mem"],
     "device_cgroup_rules": ["c 1:1 rwm"],

@@ -11,8 +11,20 @@ def test_ceiling_reproduces_the_plans_89_6_tok_s():
 
 def test_ceiling_flags_the_plans_70b_hybrid_claim():
     result = idp_ops(
-        "ceiling", "--weights-gb", "43", "--layers", "80", "--gpu-layers", "20",
-        "--gpu-bandwidth-gbs", "896", "--cpu-bandwidth-gbs", "102.4", "--claim", "8", "--json",
+        "ceiling",
+        "--weights-gb",
+        "43",
+        "--layers",
+        "80",
+        "--gpu-layers",
+        "20",
+        "--gpu-bandwidth-gbs",
+        "896",
+        "--cpu-bandwidth-gbs",
+        "102.4",
+        "--claim",
+        "8",
+        "--json",
     )
     assert result.returncode == 1
     data = json.loads(result.stdout)

@@ -19,11 +19,11 @@ import pytest
 
 from idp_ops.settings import load_settings
 from idp_ops.stack.compose import DockerUnavailable
+from idp_ops.stack.deploy import DeployError, clear_latch, compose_project, contain, deploy, read_latch
 from idp_ops.stack.probe import ProbeError
 from idp_ops.stack.secrets import ensure_keys
-from idp_ops.stack.deploy import DeployError, clear_latch, compose_project, contain, deploy, read_latch
-from idp_ops.thermal.telemetry import Sample
 from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.telemetry import Sample
 from idp_ops.thermal.watch import WatchState, watch_tick
 from idp_ops_tests.conftest import free_port, write_settings
 from idp_ops_tests.docker_engine import SecondEngine
@@ -102,8 +102,12 @@ def test_containment_lands_when_dockerd_restarts_midway(tmp_path, engine, llama_
         def containment():
             try:
                 outcome["report"] = contain(
-                    settings, "overheat during a dockerd restart", {"episode": "gpu0-test-1"},
-                    retry_for_s=120, retry_interval_s=0.5, on_failed_attempt=lambda n, e: failures.append((n, e)),
+                    settings,
+                    "overheat during a dockerd restart",
+                    {"episode": "gpu0-test-1"},
+                    retry_for_s=120,
+                    retry_interval_s=0.5,
+                    on_failed_attempt=lambda n, e: failures.append((n, e)),
                 )
             except Exception as exc:  # handed to the assertions below
                 outcome["error"] = exc
@@ -135,8 +139,14 @@ def test_containment_that_cannot_be_verified_raises_and_never_latches(tmp_path, 
         engine.stop()
         failures = []
         with pytest.raises(DeployError, match=r"not verified stopped after \d+ attempt"):
-            contain(settings, "dockerd stays down", {}, retry_for_s=1.5, retry_interval_s=0.5,
-                    on_failed_attempt=lambda n, e: failures.append(n))
+            contain(
+                settings,
+                "dockerd stays down",
+                {},
+                retry_for_s=1.5,
+                retry_interval_s=0.5,
+                on_failed_attempt=lambda n, e: failures.append(n),
+            )
         assert failures and read_latch(settings) is None
     finally:
         engine.start()
@@ -144,8 +154,9 @@ def test_containment_that_cannot_be_verified_raises_and_never_latches(tmp_path, 
 
 
 def hot(device: str, start: datetime, count: int = 2) -> list[Sample]:
-    return [Sample(ts=start + timedelta(seconds=i), device=device, source="csv", temperature_c=95)
-            for i in range(count)]
+    return [
+        Sample(ts=start + timedelta(seconds=i), device=device, source="csv", temperature_c=95) for i in range(count)
+    ]
 
 
 class Samples:
@@ -169,12 +180,24 @@ class Samples:
 def test_a_failed_deploy_after_a_containment_leaves_protection_armed(tmp_path, llama_image, docker_ready):
     closed_port = free_port()  # nothing will answer there: the deploy's proof fails
     settings = standin_settings(
-        tmp_path, llama_image, deploy_timeout_s=10,
-        endpoints=[{"name": "gpu", "protocol": "openai", "url": f"http://127.0.0.1:{closed_port}",
-                    "compose_service": "gpu-standin", "key_name": "gpu_api_key", "model": "m", "gpu": True}],
+        tmp_path,
+        llama_image,
+        deploy_timeout_s=10,
+        endpoints=[
+            {
+                "name": "gpu",
+                "protocol": "openai",
+                "url": f"http://127.0.0.1:{closed_port}",
+                "compose_service": "gpu-standin",
+                "key_name": "gpu_api_key",
+                "model": "m",
+                "gpu": True,
+            }
+        ],
     )
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid,
-                owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     project = compose_project(settings)
     config = PolicyConfig(warn_c=85, contain_c=90, consecutive_samples=2, clear_after_s=600)
     t0 = datetime.now(UTC)
@@ -186,8 +209,9 @@ def test_a_failed_deploy_after_a_containment_leaves_protection_armed(tmp_path, l
         [request] = first.to_contain
         contain(settings, "overheat", {"episode": request.episode}, retry_for_s=30)
         assert running(settings) == set()
-        settled = watch_tick([Samples([hot("gpu0", t0 + timedelta(seconds=10))])], config, state,
-                             latch=read_latch(settings))
+        settled = watch_tick(
+            [Samples([hot("gpu0", t0 + timedelta(seconds=10))])], config, state, latch=read_latch(settings)
+        )
         assert settled.to_contain == [], "latched and verified: nothing pending, no second containment"
 
         # A person re-deploys; the GPU service comes up, then the proof fails.

@@ -5,11 +5,20 @@ from dagster import AssetKey
 from idp_ops.definitions import defs
 
 ASSETS = {
-    "api_keys", "compose_audit", "stack_deployment",                      # deploy
-    "benchmark_results", "load_test_results",                             # nightly validation
-    "model_downloads", "model_files", "model_manifest", "model_backup",  # models and backups
-    "thermal_log",                                                        # thermal watch
-    "memory_bandwidth", "throughput_ceilings", "performance_trend", "roi_report",  # physics and reports
+    "api_keys",
+    "compose_audit",
+    "stack_deployment",  # deploy
+    "benchmark_results",
+    "load_test_results",  # nightly validation
+    "model_downloads",
+    "model_files",
+    "model_manifest",
+    "model_backup",  # models and backups
+    "thermal_log",  # thermal watch
+    "memory_bandwidth",
+    "throughput_ceilings",
+    "performance_trend",
+    "roi_report",  # physics and reports
 }
 CHECKS = {
     ("compose_audit", "no_high_findings"),
@@ -29,8 +38,14 @@ CHECKS = {
     ("performance_trend", "no_performance_regression"),
 }
 JOBS = {
-    "deploy_job", "containment_job", "nightly_validation_job", "models_job", "weekly_backup_job", "restore_job",
-    "thermal_ingest_job", "reports_job",
+    "deploy_job",
+    "containment_job",
+    "nightly_validation_job",
+    "models_job",
+    "weekly_backup_job",
+    "restore_job",
+    "thermal_ingest_job",
+    "reports_job",
 }
 SCHEDULES = {
     ("nightly_validation_schedule", "0 2 * * *"),

@@ -197,8 +197,7 @@ def test_deploy_job_through_webserver_and_daemon(tmp_path, llama_image, demo_mod
         print(f"run {run_id} {status} after {time.monotonic() - started:.1f} s")
         if status != "SUCCESS":
             raise AssertionError(
-                f"deploy_job run {run_id} ended {status}; errors from its event log:\n"
-                f"{_run_errors(dagster, run_id)}"
+                f"deploy_job run {run_id} ended {status}; errors from its event log:\n{_run_errors(dagster, run_id)}"
             )
 
         for asset in ("api_keys", "compose_audit", "stack_deployment"):

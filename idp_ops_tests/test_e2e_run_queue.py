@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -24,8 +23,10 @@ IN_PROGRESS = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
 
 
 def trace(temps: list[float], start: datetime) -> list[Sample]:
-    return [Sample(ts=start + timedelta(seconds=i), device="gpu0", source="csv", temperature_c=t)
-            for i, t in enumerate(temps)]
+    return [
+        Sample(ts=start + timedelta(seconds=i), device="gpu0", source="csv", temperature_c=t)
+        for i, t in enumerate(temps)
+    ]
 
 
 def runs_of(instance, job_name):
@@ -50,15 +51,33 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
     t0 = datetime.now(UTC)
     write_samples_csv(trace([40, 41], t0), replay)
     settings = standin_settings(
-        tmp_path, llama_image,
-        thermal={"warn_c": 85, "contain_c": 90, "sensor_interval_s": 5, "replay_csv": str(replay),
-                 "replay_rows_per_tick": 2},
+        tmp_path,
+        llama_image,
+        thermal={
+            "warn_c": 85,
+            "contain_c": 90,
+            "sensor_interval_s": 5,
+            "replay_csv": str(replay),
+            "replay_rows_per_tick": 2,
+        },
     )
     config = tmp_path / "idp-ops.yaml"
     workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "idp_ops_tests.queue_location", "location_name": "idp_ops",
-        "working_directory": str(REPO_ROOT)}}]}))
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "idp_ops_tests.queue_location",
+                            "location_name": "idp_ops",
+                            "working_directory": str(REPO_ROOT),
+                        }
+                    }
+                ]
+            }
+        )
+    )
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")  # the shipped queue settings
@@ -70,17 +89,29 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
     dagster.start(webserver=False, daemon=True)
     try:
         for _ in range(3):  # three heavy runs: two take the heavy slots, the third must wait
-            subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "long_heavy_job"],
-                           cwd=REPO_ROOT, env=dagster.env, check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "long_heavy_job"],
+                cwd=REPO_ROOT,
+                env=dagster.env,
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         with DagsterInstance.from_config(str(dagster_home)) as instance:
-            wait_for(lambda: sum(r.status in IN_PROGRESS for r in runs_of(instance, "long_heavy_job")) == 2,
-                     120, "two heavy runs in progress", dagster)
+            wait_for(
+                lambda: sum(r.status in IN_PROGRESS for r in runs_of(instance, "long_heavy_job")) == 2,
+                120,
+                "two heavy runs in progress",
+                dagster,
+            )
 
             # The card overheats while both heavy slots are taken.
             write_samples_csv(trace([40, 41, 95, 96], t0), replay)
             contained = wait_for(
                 lambda: [r for r in runs_of(instance, "containment_job") if r.status == DagsterRunStatus.SUCCESS],
-                120, "a successful containment run", dagster,
+                120,
+                "a successful containment run",
+                dagster,
             )
             heavy = runs_of(instance, "long_heavy_job")
             assert sorted(r.status.value for r in heavy) == ["QUEUED", "STARTED", "STARTED"], (

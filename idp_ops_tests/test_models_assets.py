@@ -14,15 +14,14 @@ import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, materialize
 
 from idp_ops.models.defs import model_downloads, model_files
-from idp_ops.settings import DEMO_MODEL_FILE, load_settings
 from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.resources import SettingsResource
+from idp_ops.settings import DEMO_MODEL_FILE, load_settings
 
 from .conftest import tiny_gguf, write_settings
 from .core.test_downloads import server  # noqa: F401  (the Range-capable HTTP server fixture)
 
 pytestmark = pytest.mark.model
-
 
 
 @pytest.fixture

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, DefaultScheduleStatus, materialize
 
-from idp_ops.physics.defs import memory_bandwidth, throughput_ceilings
-from idp_ops.reports.defs import performance_trend, roi_report
-from idp_ops.settings import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
+from idp_ops.models.gguf_meta import record_scan, scan_models
 from idp_ops.physics.bandwidth_store import latest_measured_bandwidth
 from idp_ops.physics.ceilings import MeasuredBandwidth
-from idp_ops.physics.report import ModelFacts, ceiling_for, criteria_rows, model_facts
-from idp_ops.models.gguf_meta import record_scan, scan_models
+from idp_ops.physics.defs import memory_bandwidth, throughput_ceilings
 from idp_ops.physics.formulas import GB
+from idp_ops.physics.report import ModelFacts, ceiling_for, criteria_rows, model_facts
+from idp_ops.reports.defs import performance_trend, roi_report
 from idp_ops.resources import SettingsResource
+from idp_ops.settings import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
 
 from .conftest import tiny_gguf, write_settings
 from .core.test_trends import nightly_history, seed_bench_runs, seed_thermal_hourly
@@ -28,7 +28,6 @@ ASSETS = [memory_bandwidth, throughput_ceilings, performance_trend, roi_report]
 RUN_CONFIG = {"ops": {"memory_bandwidth": {"config": {"buffer_mb": 32, "repeats": 3, "gpu_buffer_mb": 32}}}}
 PNG_IN_MARKDOWN = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 PNG_IN_HTML = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
-
 
 
 def box_settings(tmp_path: Path) -> Path:
@@ -80,7 +79,7 @@ def test_assets_on_a_seeded_history_show_ceilings_trends_roi_plots_and_write_the
     cfg = load_settings(config)
     record_scan(cfg.history_file, cfg.models_dir, scan_models(cfg.models_dir))
     seed_bench_runs(cfg.history_file, nightly_history())
-    start = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 2, 1, tzinfo=UTC)
     seed_thermal_hourly(
         cfg.history_file,
         [{"hour": start + timedelta(hours=h), "device": "gpu0", "energy_kwh": 0.2,

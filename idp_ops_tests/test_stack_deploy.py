@@ -7,11 +7,11 @@ import httpx
 import pytest
 from dagster import DagsterInstance
 
-from idp_ops.settings import load_settings
-from idp_ops.stack.secrets import read_key
-from idp_ops.stack.deploy import compose_project, read_latch
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource, StackResource
+from idp_ops.settings import load_settings
+from idp_ops.stack.deploy import compose_project, read_latch
+from idp_ops.stack.secrets import read_key
 from idp_ops_tests.conftest import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
@@ -141,7 +141,13 @@ def test_containment_stops_the_gpu_service_latches_and_deploy_rearms(box):
     gpu_endpoint = settings.endpoint("openai-standin")
     result = run(
         "containment_job",
-        {"ops": {"stop_gpu_services": {"config": {"reason": "test: 91 C for 2 samples", "device": "gpu0", "temperature_c": 91.0}}}},
+        {
+            "ops": {
+                "stop_gpu_services": {
+                    "config": {"reason": "test: 91 C for 2 samples", "device": "gpu0", "temperature_c": 91.0}
+                }
+            }
+        },
     )
     assert result.success
     output = result.output_for_node("stop_gpu_services")

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from idp_ops.settings import load_settings
-from idp_ops.stack.compose import ComposeError, DockerUnavailable, check_docker
-from idp_ops.stack.secrets import ensure_keys
-from idp_ops.stack.deploy import DeployError, compose_project, deploy
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource, StackResource
+from idp_ops.settings import load_settings
+from idp_ops.stack.compose import ComposeError, DockerUnavailable, check_docker
+from idp_ops.stack.deploy import DeployError, compose_project, deploy
+from idp_ops.stack.secrets import ensure_keys
 from idp_ops_tests.conftest import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.docker]
@@ -27,16 +27,26 @@ def make_settings(tmp_path, models_dir, image, project, **changes):
 
 
 def with_keys(settings):
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     return settings
 
 
 def running_services(settings):
     """Asked of dockerd directly, so it also works when the compose file is broken."""
     out = subprocess.run(
-        ["docker", "ps", "--filter", f"label=com.docker.compose.project={settings.compose_project}",
-         "--format", '{{.Label "com.docker.compose.service"}}'],
-        capture_output=True, text=True, check=True,
+        [
+            "docker",
+            "ps",
+            "--filter",
+            f"label=com.docker.compose.project={settings.compose_project}",
+            "--format",
+            '{{.Label "com.docker.compose.service"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return sorted(out.split())
 
@@ -81,9 +91,7 @@ def test_key_files_the_service_cannot_read_are_named(tmp_path, demo_models_dir, 
 
 def test_missing_image_is_named_and_nothing_is_left_running(tmp_path, demo_models_dir, docker_ready):
     settings = with_keys(
-        make_settings(
-            tmp_path, demo_models_dir, "idp-ops/no-such-image:never", "idp-ops-noimage", deploy_timeout_s=60
-        )
+        make_settings(tmp_path, demo_models_dir, "idp-ops/no-such-image:never", "idp-ops-noimage", deploy_timeout_s=60)
     )
     try:
         with pytest.raises(DeployError) as info:
@@ -140,7 +148,10 @@ def test_high_audit_finding_blocks_the_deploy_before_anything_starts(tmp_path, d
     exposed.write_text(yaml.safe_dump(model, sort_keys=False))
     config = write_settings(
         tmp_path / "idp-ops.yaml",
-        **{**cpu_stack_settings(tmp_path / "home", demo_models_dir, llama_image, "idp-ops-exposed"), "compose_file": exposed},
+        **{
+            **cpu_stack_settings(tmp_path / "home", demo_models_dir, llama_image, "idp-ops-exposed"),
+            "compose_file": exposed,
+        },
     )
     settings = load_settings(config)
     resource = SettingsResource(config_file=str(config))

@@ -6,23 +6,23 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import DagsterInstance
 
-from idp_ops.settings import load_settings
+from idp_ops.definitions import defs
 from idp_ops.history import database as history
-from idp_ops.stack.secrets import ensure_keys
+from idp_ops.resources import SettingsResource
+from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project, deploy, read_latch
+from idp_ops.stack.secrets import ensure_keys
 from idp_ops.thermal.telemetry import CsvReplaySource, Sample
 from idp_ops.thermal.watch import Spool
-from idp_ops.definitions import defs
-from idp_ops.resources import SettingsResource
 from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
 
 TRACE = FIXTURES / "h200_trace.csv"
-DAY = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+DAY = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
 def trace_rows():
@@ -33,25 +33,30 @@ def trace_rows():
 def idp_ops(*args, config, extra_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
     env.update({"IDP_CONFIG": str(config), **(extra_env or {})})
-    return subprocess.run([sys.executable, "-m", "idp_ops.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "idp_ops.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_samples_are_fresh_counts_gpu_temperatures_only(tmp_path):
     config = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"))
     settings = load_settings(config)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     spool = Spool(settings.thermal_spool_dir)
-    spool.append([
-        Sample(ts=now - timedelta(hours=1), device="gpu0", source="nvml", temperature_c=50),
-        Sample(ts=now, device="gpu0", source="nvml", temperature_c=None),  # blind
-        Sample(ts=now, device="cpu", source="hwmon", temperature_c=60),  # fresh, but not the GPU
-    ])
+    spool.append(
+        [
+            Sample(ts=now - timedelta(hours=1), device="gpu0", source="nvml", temperature_c=50),
+            Sample(ts=now, device="gpu0", source="nvml", temperature_c=None),  # blind
+            Sample(ts=now, device="cpu", source="hwmon", temperature_c=60),  # fresh, but not the GPU
+        ]
+    )
     job = defs.resolve_job_def("thermal_ingest_job")
     (tmp_path / "dh").mkdir()
 
     def check():
         result = job.execute_in_process(
-            instance=instance, partition_key=now.date().isoformat(),
+            instance=instance,
+            partition_key=now.date().isoformat(),
             resources={"settings": SettingsResource(config_file=str(config))},
         )
         (evaluation,) = result.get_asset_check_evaluations()
@@ -65,7 +70,9 @@ def test_samples_are_fresh_counts_gpu_temperatures_only(tmp_path):
 
 
 def test_thermal_log_ingests_the_spool_once_and_rolls_it_up(tmp_path):
-    config = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"), thermal={"warn_c": 50, "contain_c": 55})
+    config = write_settings(
+        tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"), thermal={"warn_c": 50, "contain_c": 55}
+    )
     settings = load_settings(config)
     samples = CsvReplaySource(TRACE, base_time=DAY).samples()
     Spool(settings.thermal_spool_dir).append(samples)
@@ -74,8 +81,10 @@ def test_thermal_log_ingests_the_spool_once_and_rolls_it_up(tmp_path):
     with DagsterInstance.local_temp(tempdir=str(tmp_path / "dh")) as instance:
         for _ in range(2):  # a re-run of the same day adds nothing
             result = job.execute_in_process(
-                instance=instance, partition_key="2026-11-20",
-                resources={"settings": SettingsResource(config_file=str(config))}, raise_on_error=False,
+                instance=instance,
+                partition_key="2026-11-20",
+                resources={"settings": SettingsResource(config_file=str(config))},
+                raise_on_error=False,
             )
             assert result.success
     metadata = result.asset_materializations_for_node("thermal_log")[0].metadata
@@ -110,7 +119,11 @@ def test_thermal_replay_cli_prints_the_policys_decisions(tmp_path):
     assert json.loads(quiet.stdout)["decisions"] == [], "59 °C is far below the default lines"
 
     scaled = idp_ops(
-        "thermal", "replay", str(TRACE), "--json", config=config,
+        "thermal",
+        "replay",
+        str(TRACE),
+        "--json",
+        config=config,
         extra_env={"IDP_THERMAL__WARN_C": "50", "IDP_THERMAL__CONTAIN_C": "55", "IDP_THERMAL__CLEAR_AFTER_S": "10"},
     )
     decisions = json.loads(scaled.stdout)["decisions"]
@@ -149,7 +162,9 @@ def test_guard_stops_the_gpu_role_container_without_any_dagster_process(tmp_path
     values["thermal"] = {"warn_c": 50, "contain_c": 55, "replay_csv": str(TRACE), "replay_rows_per_tick": 5}
     config = write_settings(tmp_path / "idp-ops.yaml", **values)
     settings = load_settings(config)
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     project = compose_project(settings)
     try:
         deploy(settings)

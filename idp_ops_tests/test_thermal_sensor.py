@@ -11,20 +11,27 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 
-from idp_ops.settings import load_settings
 from idp_ops.last_good_settings import read_snapshot
-from idp_ops.stack.deploy import read_latch
-from idp_ops.thermal.watch import Spool, webhooks
 from idp_ops.resources import SettingsResource
-from idp_ops.sensors import thermal_sensor
+from idp_ops.settings import load_settings
+from idp_ops.stack.deploy import read_latch
+from idp_ops.thermal.defs import thermal_sensor
+from idp_ops.thermal.watch import Spool, webhooks
 from idp_ops_tests.conftest import FIXTURES, write_settings
 
 TRACE = FIXTURES / "h200_trace.csv"
 
 
 def thermal_settings(tmp_path, **thermal):
-    values = {"warn_c": 50, "contain_c": 55, "clear_after_s": 10, "consecutive_samples": 2,
-              "replay_csv": str(TRACE), "replay_rows_per_tick": 10, **thermal}
+    values = {
+        "warn_c": 50,
+        "contain_c": 55,
+        "clear_after_s": 10,
+        "consecutive_samples": 2,
+        "replay_csv": str(TRACE),
+        "replay_rows_per_tick": 10,
+        **thermal,
+    }
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"), thermal=values)
     return config, load_settings(config)
@@ -135,12 +142,16 @@ def test_a_webhook_fault_never_delays_containment(tmp_path, fault):
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_port}/hook"
     else:
-        url = {"refuses": f"http://127.0.0.1:{_closed_port()}/hook", "invalid-url": "http://[::1",
-               "not-a-url": "::not a url"}[fault]
+        url = {
+            "refuses": f"http://127.0.0.1:{_closed_port()}/hook",
+            "invalid-url": "http://[::1",
+            "not-a-url": "::not a url",
+        }[fault]
     try:
         # A 60 s webhook timeout: a tick that waited for the webhook would trip the 30 s hang guard.
-        config, settings = thermal_settings(tmp_path / fault, replay_rows_per_tick=10, webhook_url=url,
-                                            webhook_timeout_s=60)
+        config, settings = thermal_settings(
+            tmp_path / fault, replay_rows_per_tick=10, webhook_url=url, webhook_timeout_s=60
+        )
         results = ticks_in_thread(config, 6)
         assert first_containment_tick(results) == baseline
         alerts = [json.loads(line) for line in settings.alerts_log.read_text().splitlines()]
@@ -172,9 +183,15 @@ def test_a_full_disk_never_stops_containment(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
     try:
         config = write_settings(
-            tmp_path / "idp-ops.yaml", home=str(full / "home"),
-            thermal={"warn_c": 50, "contain_c": 55, "clear_after_s": 10, "replay_csv": str(TRACE),
-                     "replay_rows_per_tick": 10},
+            tmp_path / "idp-ops.yaml",
+            home=str(full / "home"),
+            thermal={
+                "warn_c": 50,
+                "contain_c": 55,
+                "clear_after_s": 10,
+                "replay_csv": str(TRACE),
+                "replay_rows_per_tick": 10,
+            },
         )
         settings = load_settings(config)
         settings.thermal_spool_dir.mkdir(parents=True)
@@ -230,11 +247,23 @@ def containment_job_with_resources():
 
 
 def test_a_failed_containment_run_is_retried_with_a_new_key_until_verified(tmp_path, monkeypatch, docker_ready):
-    values = {"warn_c": 50, "contain_c": 55, "clear_after_s": 10, "consecutive_samples": 2,
-              "replay_csv": str(TRACE), "replay_rows_per_tick": 10, "contain_retry_s": 0}
-    broken = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"), thermal=values,
-                            compose_file=str(tmp_path / "missing-compose.yml"),
-                            compose_project=f"idp-test-retry-{os.getpid()}", gpu_services=["gpu-standin"])
+    values = {
+        "warn_c": 50,
+        "contain_c": 55,
+        "clear_after_s": 10,
+        "consecutive_samples": 2,
+        "replay_csv": str(TRACE),
+        "replay_rows_per_tick": 10,
+        "contain_retry_s": 0,
+    }
+    broken = write_settings(
+        tmp_path / "idp-ops.yaml",
+        home=str(tmp_path / "home"),
+        thermal=values,
+        compose_file=str(tmp_path / "missing-compose.yml"),
+        compose_project=f"idp-test-retry-{os.getpid()}",
+        gpu_services=["gpu-standin"],
+    )
     settings = load_settings(broken)
     monkeypatch.setenv("IDP_CONFIG", str(broken))
     job = containment_job_with_resources()
@@ -247,8 +276,9 @@ def test_a_failed_containment_run_is_retried_with_a_new_key_until_verified(tmp_p
                 first = result.run_requests[0]
                 break
         assert first is not None
-        run = job.execute_in_process(run_config=first.run_config, instance=instance, tags=first.tags,
-                                     raise_on_error=False)
+        run = job.execute_in_process(
+            run_config=first.run_config, instance=instance, tags=first.tags, raise_on_error=False
+        )
         assert not run.success and settings.containment_latch_file.exists() is False
 
         result, _ = tick(broken, cursor, instance)

@@ -3,22 +3,31 @@
 import pytest
 from dagster import DagsterInstance
 
-from idp_ops.settings import load_settings
+from idp_ops.definitions import defs
 from idp_ops.history import database as history
 from idp_ops.physics.bandwidth import measure_cpu_bandwidth
 from idp_ops.physics.formulas import GB
-from idp_ops.stack.secrets import ensure_keys
-from idp_ops.stack.deploy import compose_project, deploy
-from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
+from idp_ops.settings import load_settings
+from idp_ops.stack.deploy import compose_project, deploy
+from idp_ops.stack.secrets import ensure_keys
 from idp_ops_tests.conftest import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 
 SMALL_NIGHT = {
-    "warmups": 1, "ttft_requests": 5, "ttft_max_tokens": 8, "decode_tokens": 32, "decode_requests": 2,
-    "sweep": [1, 4], "sweep_tokens": 16, "sweep_rounds": 1,
-    "load_users": 2, "load_spawn_rate": 2, "load_run_time_s": 6, "load_wait_scale": 0.1,
+    "warmups": 1,
+    "ttft_requests": 5,
+    "ttft_max_tokens": 8,
+    "decode_tokens": 32,
+    "decode_requests": 2,
+    "sweep": [1, 4],
+    "sweep_tokens": 16,
+    "sweep_rounds": 1,
+    "load_users": 2,
+    "load_spawn_rate": 2,
+    "load_run_time_s": 6,
+    "load_wait_scale": 0.1,
 }
 # A datasheet figure for this test's "hardware": enough to give the Gemma endpoints a ceiling.
 TEST_HARDWARE = {"name": "test-host", "cpu_bandwidth_gbs": 30.0, "efficiency": 0.8}
@@ -26,8 +35,10 @@ TEST_HARDWARE = {"name": "test-host", "cpu_bandwidth_gbs": 30.0, "efficiency": 0
 
 def criteria_settings(values, acceptance):
     values = dict(values)
-    values["endpoints"] = [{**e, "model_file": "gemma-3-270m-q4_k_m.gguf", "cpu_threads": 1, "acceptance": acceptance}
-                           for e in values["endpoints"]]
+    values["endpoints"] = [
+        {**e, "model_file": "gemma-3-270m-q4_k_m.gguf", "cpu_threads": 1, "acceptance": acceptance}
+        for e in values["endpoints"]
+    ]
     return values
 
 
@@ -37,7 +48,9 @@ def stack(tmp_path_factory, llama_image, demo_models_dir):
     base = cpu_stack_settings(root / "home", demo_models_dir, llama_image, "idp-ops-night")
     base.update(validation=SMALL_NIGHT, hardware_profile=TEST_HARDWARE)
     settings = load_settings(write_settings(root / "base.yaml", **base))
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     deploy(settings)
     (root / "dh").mkdir()
     instance = DagsterInstance.local_temp(tempdir=str(root / "dh"))
@@ -52,7 +65,9 @@ def night(stack, name, acceptance, partition="2026-11-25"):
     config = write_settings(stack["root"] / f"{name}.yaml", **criteria_settings(stack["base"], acceptance))
     job = defs.resolve_job_def("nightly_validation_job")
     return job.execute_in_process(
-        instance=stack["instance"], partition_key=partition, raise_on_error=False,
+        instance=stack["instance"],
+        partition_key=partition,
+        raise_on_error=False,
         resources={"settings": SettingsResource(config_file=str(config))},
     )
 
@@ -62,8 +77,13 @@ def checks(result):
 
 
 def test_a_green_night_on_the_cpu_stack_records_history_once(stack):
-    acceptance = {"ttft_p50_ms": 2000, "ttft_p95_ms": 5000, "decode_tok_s_min": 5, "success_rate_min": 0.95,
-                  "concurrency": 4}
+    acceptance = {
+        "ttft_p50_ms": 2000,
+        "ttft_p95_ms": 5000,
+        "decode_tok_s_min": 5,
+        "success_rate_min": 0.95,
+        "concurrency": 4,
+    }
     result = night(stack, "green", acceptance)
     assert result.success
     evaluations = checks(result)
@@ -107,6 +127,8 @@ def test_measured_decode_stays_below_the_ceiling_from_measured_bandwidth(stack):
     weight_bytes = 246_587_904  # Gemma 3 270M Q4_K_M tensors, tied embeddings: all read per token
     ceiling = bandwidth.read_gbs * GB / weight_bytes
     for endpoint, ours, server in measured:
-        print(f"\n{endpoint}: {ours:.1f} tok/s (server {server}) vs ceiling {ceiling:.1f} "
-              f"({bandwidth.read_gbs} GB/s, 1 thread): efficiency {ours / ceiling:.0%}")
+        print(
+            f"\n{endpoint}: {ours:.1f} tok/s (server {server}) vs ceiling {ceiling:.1f} "
+            f"({bandwidth.read_gbs} GB/s, 1 thread): efficiency {ours / ceiling:.0%}"
+        )
         assert 0 < ours < ceiling

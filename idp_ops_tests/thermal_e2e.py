@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from idp_ops.settings import REPO_ROOT, Settings, load_settings
 from idp_ops.stack.compose import container_time
-from idp_ops.stack.secrets import ensure_keys
 from idp_ops.stack.deploy import compose_project, deploy, read_latch
+from idp_ops.stack.secrets import ensure_keys
 from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
 from idp_ops_tests.dagster_processes import Dagster
 
@@ -43,7 +43,9 @@ def replay_settings(tmp_path: Path, models_dir: Path, image: str, project: str, 
 
 
 def deploy_fresh(settings: Settings) -> None:
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     deploy(settings)
 
 
@@ -84,7 +86,10 @@ def contain_through_guard(config: Path, interval_s: float, timeout_s: float = 12
     env["IDP_CONFIG"] = str(config)
     guard = subprocess.Popen(
         [sys.executable, "-m", "idp_ops.cli", "thermal-guard", "--interval", str(interval_s)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         return wait_until_contained(load_settings(config), timeout_s)

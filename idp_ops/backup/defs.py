@@ -13,19 +13,29 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSelection,
     Config,
+    DefaultScheduleStatus,
+    Definitions,
     Failure,
     MaterializeResult,
     MetadataValue,
     OpExecutionContext,
     Output,
+    ScheduleDefinition,
     asset,
+    define_asset_job,
+    in_process_executor,
+    job,
+    load_asset_checks_from_current_module,
+    load_assets_from_current_module,
     op,
 )
 
 from idp_ops.backup.manifest import ManifestError, build_manifest, write_manifest
 from idp_ops.backup.snapshots import BackupReport, RestoreError, backup_store, manifest_dir, restore
 from idp_ops.resources import SettingsResource
+from idp_ops.runs import HEAVY_TAG, SCHEDULE_TIMEZONE
 
 GROUP = "backup"
 # Names shown in a check's description before "and N more" (the metadata lists all).
@@ -110,7 +120,10 @@ def model_backup(context: AssetExecutionContext, config: BackupRunConfig, settin
     # backup_store refreshes the manifest itself (near free after model_manifest: all
     # cache hits) so the snapshot is checked against the store as it is now.
     report = backup_store(
-        cfg, run_id=context.run.run_id, log=context.log.info, allow_shrink=config.allow_shrink,
+        cfg,
+        run_id=context.run.run_id,
+        log=context.log.info,
+        allow_shrink=config.allow_shrink,
         config_file=settings.config_file,
     )
     for warning in report.warnings:
@@ -119,8 +132,7 @@ def model_backup(context: AssetExecutionContext, config: BackupRunConfig, settin
     checks = _check_results(report)
     if report.snapshot is None:
         # No new good snapshot: record the failed checks (they name the files), then fail the run.
-        for check in checks:
-            yield check
+        yield from checks
         raise Failure(description=report.message, metadata=metadata)
     yield MaterializeResult(metadata=metadata, check_results=checks)
     if not report.ok:
@@ -286,3 +298,43 @@ def restore_models(context: OpExecutionContext, config: RestoreConfig, settings:
             "seconds": report.seconds,
         },
     )
+
+
+# -- jobs and schedule ---------------------------------------------------------
+
+weekly_backup_job = define_asset_job(
+    "weekly_backup_job",
+    selection=AssetSelection.groups("backup"),
+    description="Refresh the model store's sha256 manifest (incremental), snapshot it to the backup volume with rsync, "
+    "verify the copy and a rotating scrub slice, prune old snapshots.",
+    executor_def=in_process_executor,
+    tags=HEAVY_TAG,
+)
+
+
+@job(
+    executor_def=in_process_executor,
+    tags=HEAVY_TAG,
+    description="Copy a model (config path) or the whole store back from a snapshot (config snapshot; default the "
+    "latest), verifying every copy against the snapshot's manifest before replacing anything.",
+)
+def restore_job():
+    restore_models()
+
+
+weekly_backup_schedule = ScheduleDefinition(
+    name="weekly_backup_schedule",
+    job=weekly_backup_job,
+    cron_schedule="0 3 * * 0",  # Sunday 03:00
+    execution_timezone=SCHEDULE_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Weekly verified snapshot of the model store.",
+)
+
+
+defs = Definitions(
+    assets=load_assets_from_current_module(),
+    asset_checks=load_asset_checks_from_current_module(),
+    jobs=[weekly_backup_job, restore_job],
+    schedules=[weekly_backup_schedule],
+)

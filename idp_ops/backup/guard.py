@@ -77,8 +77,13 @@ def check_shrink(
     store is empty or lost more than either share."""
     before = previous.entries if previous else {}
     check = ShrinkCheck(
-        previous_name, len(before), sum(e.size for e in before.values()), len(current.entries), current.total_bytes,
-        max_files_fraction=max_files_fraction, max_bytes_fraction=max_bytes_fraction,
+        previous_name,
+        len(before),
+        sum(e.size for e in before.values()),
+        len(current.entries),
+        current.total_bytes,
+        max_files_fraction=max_files_fraction,
+        max_bytes_fraction=max_bytes_fraction,
     )
     present = {e.sha256 for e in current.entries.values()}
     for path, old in before.items():
@@ -98,7 +103,9 @@ def check_shrink(
             + f": is the models disk mounted at {root}?"
         )
     elif check.files_lost_fraction > max_files_fraction or check.bytes_lost_fraction > max_bytes_fraction:
-        named = ", ".join(check.lost[:NAMED]) + (f" and {len(check.lost) - NAMED} more" if len(check.lost) > NAMED else "")
+        named = ", ".join(check.lost[:NAMED]) + (
+            f" and {len(check.lost) - NAMED} more" if len(check.lost) > NAMED else ""
+        )
         check.reason = (
             f"the model store {root} lost {check.files_lost} of the {check.files_before} files "
             f"({check.files_lost_fraction:.0%}) and {_gb(check.bytes_lost)} of the {_gb(check.bytes_before)} "

@@ -36,11 +36,11 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from idp_ops.fsutil import atomic_write_text
 
@@ -382,10 +382,8 @@ def hash_files(
         # and what did finish is still handed over (to the cache: not hashed again).
         pool.shutdown(wait=True, cancel_futures=True)
         if on_batch and batch:
-            try:
+            with contextlib.suppress(Exception):  # the interruption is the error worth reporting
                 on_batch(batch)
-            except Exception:
-                pass  # the interruption is the error worth reporting
         raise
     pool.shutdown(wait=True)
     outcome.seconds = time.monotonic() - started
@@ -499,7 +497,7 @@ class ManifestResult:
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def build_manifest(
@@ -691,8 +689,12 @@ def verify(
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory")
     result = check_entries(
-        root, manifest.entries.values(), workers=workers, progress=progress,
-        progress_interval_s=progress_interval_s, drop_cache=drop_cache,
+        root,
+        manifest.entries.values(),
+        workers=workers,
+        progress=progress,
+        progress_interval_s=progress_interval_s,
+        drop_cache=drop_cache,
     )
     missing, mismatched, reasons = check_links(root, manifest.links)
     result.missing = sorted(result.missing + missing)
@@ -754,8 +756,12 @@ def check_entries(
         else:
             to_hash.append(entry)
     outcome = hash_files(
-        root, [(e.path, e.size) for e in to_hash], workers=workers, progress=progress,
-        progress_interval_s=progress_interval_s, drop_cache=drop_cache,
+        root,
+        [(e.path, e.size) for e in to_hash],
+        workers=workers,
+        progress=progress,
+        progress_interval_s=progress_interval_s,
+        drop_cache=drop_cache,
     )
     vanished = set(outcome.vanished)
     for entry in to_hash:

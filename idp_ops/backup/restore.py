@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from idp_ops.backup import state as backup_state
-from idp_ops.backup.volume import DATA, SNAPSHOTS, RestoreError, copy_verified, list_snapshots, volume_lock
 from idp_ops.backup.manifest import (
     MANIFEST_NAME,
     Entry,
@@ -27,6 +26,7 @@ from idp_ops.backup.manifest import (
     check_links,
     load_manifest,
 )
+from idp_ops.backup.volume import DATA, SNAPSHOTS, RestoreError, copy_verified, list_snapshots, volume_lock
 
 Log = Callable[[str], None]
 
@@ -108,9 +108,7 @@ def _choose_snapshot(
         return snap, files, links, f"the latest snapshot that holds {held} (newer ones passed over)", skipped
     if first_miss is not None:
         raise RestoreError(f"{first_miss}, nor does any older snapshot")
-    raise RestoreError(
-        "no snapshot can be restored from: " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
-    )
+    raise RestoreError("no snapshot can be restored from: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
 
 
 def _load_snapshot_manifest(snap: Path) -> Manifest:
@@ -193,8 +191,7 @@ def _restore_from(
     same_links = [rel for rel, target in links.items() if _readlink(target_root / rel) == target]
 
     log(f"checking {len(to_restore)} file(s) in snapshot {snap.name} against its manifest before replacing anything")
-    checked = check_entries(data, to_restore, workers=workers, drop_cache=True,
-                            progress=lambda p: log(p.describe()))
+    checked = check_entries(data, to_restore, workers=workers, drop_cache=True, progress=lambda p: log(p.describe()))
     link_missing, link_bad, link_reasons = check_links(data, {r: t for r, t in links.items() if r not in same_links})
     if not checked.ok or link_missing or link_bad:
         problems = [f"  MISMATCH {rel}: {checked.reasons.get(rel, '')}" for rel in checked.mismatched]
@@ -235,7 +232,13 @@ def _restore_from(
         links_restored.append(rel)
         log(f"restored link {rel} -> {link_target}")
     return RestoreReport(
-        snap.name, str(target_root), None, restored, sorted(unchanged + same_links), restored_bytes, 0.0,
+        snap.name,
+        str(target_root),
+        None,
+        restored,
+        sorted(unchanged + same_links),
+        restored_bytes,
+        0.0,
         links_restored=links_restored,
     )
 
@@ -309,7 +312,8 @@ def restore_state(
                 resolve_snapshot(destination, None)  # there is at least one, or a clear error
                 snapshots = list_snapshots(destination)
                 holding = [
-                    s for s in snapshots
+                    s
+                    for s in snapshots
                     if all(backup_state.part_status(s / backup_state.STATE, p) == "copied" for p in parts)
                 ]
                 if not holding:
@@ -319,8 +323,10 @@ def restore_state(
                     )
                     raise RestoreError(f"no snapshot holds {', '.join(parts)} (latest, {latest.name}: {statuses})")
                 snap = holding[-1]
-                because = "the latest snapshot" if snap == snapshots[-1] else (
-                    f"the latest snapshot that holds {', '.join(parts)} (newer ones do not)"
+                because = (
+                    "the latest snapshot"
+                    if snap == snapshots[-1]
+                    else (f"the latest snapshot that holds {', '.join(parts)} (newer ones do not)")
                 )
             log(f"restoring {', '.join(parts)} from snapshot {snap.name}: {because}")
             if into is not None:
@@ -338,8 +344,7 @@ def restore_state(
             for p in parts:  # every part verified before any is replaced
                 backup_state.check_part(snap / backup_state.STATE, p)
             restored = [
-                backup_state.restore_part(snap / backup_state.STATE, p, targets[p], force=force, log=log)
-                for p in parts
+                backup_state.restore_part(snap / backup_state.STATE, p, targets[p], force=force, log=log) for p in parts
             ]
     except backup_state.StateError as exc:
         raise RestoreError(str(exc)) from None

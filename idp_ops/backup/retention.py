@@ -15,8 +15,8 @@ time a snapshot's name carries. Pure: names in, names out, no file system.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 # A verified snapshot's name: its run's UTC start time, with -N when two share a second.
 SNAPSHOT_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
@@ -31,7 +31,7 @@ def snapshot_key(name: str) -> tuple[str, int]:
 
 
 def snapshot_time(name: str) -> datetime:
-    return datetime.strptime(snapshot_key(name)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(snapshot_key(name)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def _week(moment: datetime) -> str:

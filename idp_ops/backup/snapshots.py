@@ -65,13 +65,29 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from idp_ops.backup import guard as backup_guard
 from idp_ops.backup import state as backup_state
+from idp_ops.backup.manifest import (
+    BLOCK_SIZE,
+    IN_PROGRESS_EXCLUDES,
+    MANIFEST_NAME,
+    OWN_FILES,
+    Entry,
+    Manifest,
+    ManifestError,
+    build_manifest,
+    check_links,
+    hash_files,
+    load_manifest,
+    scan,
+    write_manifest,
+)
 from idp_ops.backup.restore import (  # noqa: F401  (the restore is part of this module's public API)
     RestoreReport,
     StateRestoreReport,
@@ -95,21 +111,6 @@ from idp_ops.backup.volume import copy_verified as _copy_verified
 from idp_ops.backup.volume import fsync_dir as _fsync_dir
 from idp_ops.backup.volume import volume_lock as _exclusive
 from idp_ops.fsutil import atomic_write_json
-from idp_ops.backup.manifest import (
-    BLOCK_SIZE,
-    IN_PROGRESS_EXCLUDES,
-    MANIFEST_NAME,
-    OWN_FILES,
-    Entry,
-    Manifest,
-    ManifestError,
-    build_manifest,
-    check_links,
-    hash_files,
-    load_manifest,
-    scan,
-    write_manifest,
-)
 
 if TYPE_CHECKING:
     from idp_ops.settings import Settings
@@ -449,25 +450,45 @@ def backup(
     """
     source = Path(source).resolve()
     destination = Path(destination).resolve()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     clock = time.monotonic()
     report = BackupReport(
-        str(source), str(destination), started.isoformat(timespec="seconds"),
-        files_total=len(manifest.entries), bytes_total=manifest.total_bytes,
+        str(source),
+        str(destination),
+        started.isoformat(timespec="seconds"),
+        files_total=len(manifest.entries),
+        bytes_total=manifest.total_bytes,
     )
     try:
         report.destination_kind = check_destination(destination, marker_file)
         _refuse_overlap(source, destination)
         # Judged before the volume is touched: a refused run writes nothing there.
-        _guard(report, source, destination, manifest, allow_shrink=allow_shrink,
-               max_files=max_shrink_files_fraction, max_bytes=max_shrink_bytes_fraction, log=log)
+        _guard(
+            report,
+            source,
+            destination,
+            manifest,
+            allow_shrink=allow_shrink,
+            max_files=max_shrink_files_fraction,
+            max_bytes=max_shrink_bytes_fraction,
+            log=log,
+        )
         root = destination / SNAPSHOTS
         root.mkdir(exist_ok=True)
         with _exclusive(root):
             _make_snapshot(
-                report, source, root, manifest, started,
-                keep=(keep_snapshots, keep_weekly, keep_monthly), scrub_runs=scrub_runs, excludes=list(excludes),
-                workers=workers, state=state, log=log, on_rsync_output=on_rsync_output,
+                report,
+                source,
+                root,
+                manifest,
+                started,
+                keep=(keep_snapshots, keep_weekly, keep_monthly),
+                scrub_runs=scrub_runs,
+                excludes=list(excludes),
+                workers=workers,
+                state=state,
+                log=log,
+                on_rsync_output=on_rsync_output,
                 progress_interval_s=progress_interval_s,
             )
     except (BackupError, ManifestError) as exc:
@@ -476,14 +497,21 @@ def backup(
     except OSError as exc:
         report.status = "failed"
         report.message = f"backup to {destination} failed: {exc}"
-    report.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = round(time.monotonic() - clock, 3)
     return report
 
 
 def _guard(
-    report: BackupReport, source: Path, destination: Path, manifest: Manifest, *,
-    allow_shrink: bool, max_files: float, max_bytes: float, log: Log,
+    report: BackupReport,
+    source: Path,
+    destination: Path,
+    manifest: Manifest,
+    *,
+    allow_shrink: bool,
+    max_files: float,
+    max_bytes: float,
+    log: Log,
 ) -> None:
     leaving = backup_guard.links_leaving(source, manifest.links)
     if leaving:
@@ -501,8 +529,11 @@ def _guard(
         except ManifestError as exc:
             report.warnings.append(f"latest snapshot's manifest is unreadable ({exc}); only emptiness was checked")
     check = backup_guard.check_shrink(
-        previous, manifest, previous_name=latest[0].name if latest else None,
-        max_files_fraction=max_files, max_bytes_fraction=max_bytes,
+        previous,
+        manifest,
+        previous_name=latest[0].name if latest else None,
+        max_files_fraction=max_files,
+        max_bytes_fraction=max_bytes,
     )
     report.shrink = check.as_dict()
     if check.refused and not allow_shrink:
@@ -546,8 +577,10 @@ def _make_snapshot(
     rotten = backup_guard.source_rot(previous_manifest, manifest)
     if rotten:
         manifest = manifest.with_entries([rotten.get(p, e) for p, e in manifest.entries.items()])
-        log(f"{len(rotten)} file(s) differ from snapshot {previous.name}'s record with size and mtime unchanged: "
-            + ", ".join(sorted(rotten)))
+        log(
+            f"{len(rotten)} file(s) differ from snapshot {previous.name}'s record with size and mtime unchanged: "
+            + ", ".join(sorted(rotten))
+        )
     work = root / IN_PROGRESS
     report.resumed = work.is_dir()
     if report.resumed:
@@ -558,8 +591,13 @@ def _make_snapshot(
 
     log(f"rsync {source}/ -> {work_data}/" + (f" (unchanged files hard-linked to {previous.name})" if previous else ""))
     result = run_rsync(
-        source, work_data, link_dest=(previous / DATA) if previous else None, excludes=excludes,
-        log=log, on_output=on_rsync_output, progress_interval_s=progress_interval_s,
+        source,
+        work_data,
+        link_dest=(previous / DATA) if previous else None,
+        excludes=excludes,
+        log=log,
+        on_output=on_rsync_output,
+        progress_interval_s=progress_interval_s,
     )
     report.rsync_exit = result.exit_code
     report.rsync_seconds = round(result.seconds, 3)
@@ -595,8 +633,16 @@ def _make_snapshot(
 
     scrub_state = _read_scrub_state(root)
     verification, added_entries = _verify(
-        source, work_data, manifest, result, previous, excludes=excludes,
-        scrub_slice=scrub_state["runs"] % scrub_runs, scrub_slices=scrub_runs, workers=workers, log=log,
+        source,
+        work_data,
+        manifest,
+        result,
+        previous,
+        excludes=excludes,
+        scrub_slice=scrub_state["runs"] % scrub_runs,
+        scrub_slices=scrub_runs,
+        workers=workers,
+        log=log,
         progress_interval_s=progress_interval_s,
         source_rot={
             rel: f"sha256 on the store differs from snapshot {previous.name}'s record with size and mtime unchanged "
@@ -766,7 +812,8 @@ def _verify(
     # Written in this run: everything rsync transferred, and anything that is not a hard
     # link into the previous snapshot (a resumed run's earlier copies: rsync skips those).
     written = sorted(
-        rel for rel in expected
+        rel
+        for rel in expected
         if rel not in bad and (rel in result.transferred or linked.get(rel) != held[rel].inode or rel in source_rot)
     )
     scrub = scrub_ranges([e for rel, e in expected.items() if rel not in bad], scrub_slice, scrub_slices)
@@ -780,8 +827,12 @@ def _verify(
 
     # Backup copies are hashed with drop_cache: they are never needed in memory again.
     at_dest = hash_files(
-        work_data, [(rel, held[rel].size) for rel in sorted(set(written) | set(v.added))], workers=workers,
-        progress=progress, progress_interval_s=progress_interval_s, drop_cache=True,
+        work_data,
+        [(rel, held[rel].size) for rel in sorted(set(written) | set(v.added))],
+        workers=workers,
+        progress=progress,
+        progress_interval_s=progress_interval_s,
+        drop_cache=True,
     )
     at_source = hash_files(source, [(rel, held[rel].size) for rel in v.added], workers=workers)
     dest_sha = {rel: sha for rel, (sha, _) in at_dest.hashes.items()}
@@ -1036,7 +1087,10 @@ def backup_store(
     source = settings.models_dir
     try:
         built = build_manifest(
-            source, cache_file=settings.history_file, excludes=cfg.excludes, workers=cfg.hash_workers,
+            source,
+            cache_file=settings.history_file,
+            excludes=cfg.excludes,
+            workers=cfg.hash_workers,
             progress=lambda p: log(p.describe()),
         )
         write_manifest(built.manifest, manifest_dir(settings))
@@ -1045,7 +1099,7 @@ def backup_store(
             f"{built.stats.reused_files} unchanged (cached) in {built.stats.seconds:.2f} s"
         )
     except ManifestError as exc:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         report = BackupReport(
             str(source), str(cfg.destination), now, finished_at=now, message=f"manifest failed: {exc}"
         )
@@ -1054,11 +1108,21 @@ def backup_store(
         if cfg.include_state:
             state = backup_state.state_sources(settings, config_file=config_file, dagster_home=dagster_home)
         report = backup(
-            source, cfg.destination, built.manifest, marker_file=cfg.marker_file, keep_snapshots=cfg.keep_snapshots,
-            keep_weekly=cfg.keep_weekly, keep_monthly=cfg.keep_monthly, scrub_runs=cfg.scrub_runs,
-            excludes=cfg.excludes, workers=cfg.hash_workers, allow_shrink=allow_shrink,
+            source,
+            cfg.destination,
+            built.manifest,
+            marker_file=cfg.marker_file,
+            keep_snapshots=cfg.keep_snapshots,
+            keep_weekly=cfg.keep_weekly,
+            keep_monthly=cfg.keep_monthly,
+            scrub_runs=cfg.scrub_runs,
+            excludes=cfg.excludes,
+            workers=cfg.hash_workers,
+            allow_shrink=allow_shrink,
             max_shrink_files_fraction=cfg.max_shrink_files_fraction,
-            max_shrink_bytes_fraction=cfg.max_shrink_bytes_fraction, state=state, log=log,
+            max_shrink_bytes_fraction=cfg.max_shrink_bytes_fraction,
+            state=state,
+            log=log,
             on_rsync_output=on_rsync_output,
         )
         report.manifest_stats = built.stats.as_dict()

@@ -32,12 +32,12 @@ import shutil
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from idp_ops.fsutil import atomic_write_json
 from idp_ops.backup.manifest import (
     BLOCK_SIZE,
     MANIFEST_NAME,
@@ -49,6 +49,7 @@ from idp_ops.backup.manifest import (
     utc_now_iso,
     write_manifest,
 )
+from idp_ops.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from idp_ops.settings import Settings
@@ -515,7 +516,7 @@ def _swap_in(tmp: Path, target: Path, *, companions: tuple[str, ...] = ()) -> Pa
     """
     aside = None
     if os.path.lexists(target):
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = target.with_name(f"{target.name}.before-restore-{stamp}")
         n = 1
         while os.path.lexists(aside):

@@ -10,12 +10,12 @@ import fcntl
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from idp_ops.backup.retention import SNAPSHOT_RE, snapshot_key
 from idp_ops.backup.manifest import BLOCK_SIZE, MANIFEST_NAME
+from idp_ops.backup.retention import SNAPSHOT_RE, snapshot_key
 
 SNAPSHOTS = "snapshots"
 DATA = "models"

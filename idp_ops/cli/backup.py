@@ -15,18 +15,18 @@ from pathlib import Path
 
 
 def errors() -> tuple[type[Exception], ...]:
-    from idp_ops.history.database import HistoryError
     from idp_ops.backup.manifest import ManifestError
-    from idp_ops.backup.state import StateError
     from idp_ops.backup.snapshots import BackupError, RestoreError
+    from idp_ops.backup.state import StateError
+    from idp_ops.history.database import HistoryError
 
     return (ManifestError, BackupError, RestoreError, HistoryError, StateError)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
+    from idp_ops.backup.manifest import build_manifest, write_manifest
     from idp_ops.cli.main import emit, progress
     from idp_ops.settings import load_settings
-    from idp_ops.backup.manifest import build_manifest, write_manifest
 
     settings = load_settings(args.config)
     root = Path(args.dir).expanduser().resolve()
@@ -55,8 +55,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from idp_ops.cli.main import emit, progress
     from idp_ops.backup.manifest import verify
+    from idp_ops.cli.main import emit, progress
 
     log = progress(args)
     result = verify(Path(args.dir).expanduser(), Path(args.manifest).expanduser(), progress=lambda p: log(p.describe()))
@@ -75,9 +75,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from idp_ops.backup.snapshots import backup_store
     from idp_ops.cli.main import emit, progress
     from idp_ops.settings import load_settings
-    from idp_ops.backup.snapshots import backup_store
 
     report = backup_store(
         load_settings(args.config), log=progress(args), allow_shrink=args.allow_shrink, config_file=args.config
@@ -92,9 +92,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from idp_ops.backup.snapshots import restore
     from idp_ops.cli.main import emit, progress
     from idp_ops.settings import load_settings
-    from idp_ops.backup.snapshots import restore
 
     settings = load_settings(args.config)
     if args.state:
@@ -127,9 +127,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore_state(args: argparse.Namespace, settings) -> int:
-    from idp_ops.cli.main import CommandError, emit, progress
-    from idp_ops.backup.state import settings_file_in_use
     from idp_ops.backup.snapshots import restore_state
+    from idp_ops.backup.state import settings_file_in_use
+    from idp_ops.cli.main import CommandError, emit, progress
 
     if args.path:
         raise CommandError("give either PATH (models) or --state PART, not both")
@@ -151,7 +151,11 @@ def _restore_state(args: argparse.Namespace, settings) -> int:
                 raise CommandError("DAGSTER_HOME is not set: set it, or restore the Dagster instance with --into DIR")
             targets[part] = Path(home).expanduser().resolve()
     report = restore_state(
-        settings.backup.destination, targets, snapshot=args.snapshot, force=args.force, log=progress(args),
+        settings.backup.destination,
+        targets,
+        snapshot=args.snapshot,
+        force=args.force,
+        log=progress(args),
         into=Path(args.into).expanduser().resolve() if args.into else None,
     )
 
@@ -183,11 +187,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     verify.set_defaults(func=cmd_verify)
 
     backup = sub.add_parser(
-        "backup", parents=[common],
+        "backup",
+        parents=[common],
         help="snapshot the model store and the box's state to the backup volume, verify it, prune old snapshots",
     )
     backup.add_argument(
-        "--allow-shrink", action="store_true",
+        "--allow-shrink",
+        action="store_true",
         help="back up even though the store lost more than backup.max_shrink_*_fraction of the latest snapshot "
         "(or is empty): for models removed on purpose; otherwise such a run is refused (exit 1)",
     )
@@ -199,13 +205,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     restore.add_argument("path", nargs="?", help="file or directory relative to the models dir (default: everything)")
     restore.add_argument("--snapshot", help="snapshot name (default: the latest that holds what is asked for)")
     restore.add_argument(
-        "--state", action="append", choices=["settings", "secrets", "history", "dagster"], metavar="PART",
+        "--state",
+        action="append",
+        choices=["settings", "secrets", "history", "dagster"],
+        metavar="PART",
         help="restore the box's state instead of models: settings, secrets, history or dagster (repeatable); "
         "into place (the settings file in use, secrets_dir, history.duckdb, $DAGSTER_HOME) or --into DIR",
     )
     restore.add_argument("--into", metavar="DIR", help="with --state: restore into DIR instead of into place")
     restore.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="with --state: replace what is there (it is kept aside as NAME.before-restore-<time>)",
     )
     restore.set_defaults(func=cmd_restore)

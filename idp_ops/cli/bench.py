@@ -61,8 +61,8 @@ def _sweep(text: str) -> tuple[int, ...]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit, progress
-    from idp_ops.validation.bench import discover_model, run_benchmark_sync, summary_lines
     from idp_ops.stack.secrets import read_key
+    from idp_ops.validation.bench import discover_model, run_benchmark_sync, summary_lines
 
     target = resolve_target(args)
     key = read_key(target.key_file) if target.key_file else None
@@ -171,7 +171,9 @@ def register(sub, common) -> None:
     bench.add_argument("--decode-requests", type=int, default=3, help="single-stream decode runs (default 3)")
     bench.add_argument("--sweep", type=_sweep, default=(1, 8, 32), help="concurrency levels, e.g. 1,8,32 ('' for none)")
     bench.add_argument("--sweep-tokens", type=int, default=64, help="output tokens per sweep request (default 64)")
-    bench.add_argument("--sweep-rounds", type=int, default=2, help="requests per level = rounds x concurrency (default 2)")
+    bench.add_argument(
+        "--sweep-rounds", type=int, default=2, help="requests per level = rounds x concurrency (default 2)"
+    )
     bench.add_argument("--poisson-rate", type=float, help="sweep arrivals as a Poisson process of this many req/s")
     bench.add_argument("--timeout", type=float, default=120, help="seconds one request may take (default 120)")
     bench.add_argument("--ready-timeout", type=float, default=60, help="seconds to wait for readiness (default 60)")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from idp_ops.settings import SettingsError, load_settings
 
@@ -116,7 +116,11 @@ def cmd_contain(args: argparse.Namespace) -> int:
     from idp_ops.stack.deploy import contain
 
     report = contain(load_settings(args.config), args.reason, {}, log=progress(args))
-    emit(args, report.as_dict(), lambda d: f"stopped {d['stopped']} in {d['stop_seconds']} s; still running: {d['still_running']}")
+    emit(
+        args,
+        report.as_dict(),
+        lambda d: f"stopped {d['stopped']} in {d['stop_seconds']} s; still running: {d['still_running']}",
+    )
     return 0 if report.ok else 1
 
 
@@ -127,15 +131,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     states = compose_project(settings).ps()
-    data = {"project": settings.compose_project, "services": [asdict(s) for s in states], "containment": read_latch(settings)}
+    data = {
+        "project": settings.compose_project,
+        "services": [asdict(s) for s in states],
+        "containment": read_latch(settings),
+    }
 
     def human(d: dict) -> str:
         lines = [f"project {d['project']}"]
-        lines += [f"  {s['service']:<22} {s['state']:<10} {s['health']}" for s in d["services"]] or ["  (no containers)"]
+        lines += [f"  {s['service']:<22} {s['state']:<10} {s['health']}" for s in d["services"]] or [
+            "  (no containers)"
+        ]
         latch = d["containment"]
         if latch and latch.get("rearmed_at"):
-            lines.append(f"containment record: {latch.get('reason')}; a deploy re-armed the watch at "
-                         f"{latch['rearmed_at']} but was not proven (deploy again to close it)")
+            lines.append(
+                f"containment record: {latch.get('reason')}; a deploy re-armed the watch at "
+                f"{latch['rearmed_at']} but was not proven (deploy again to close it)"
+            )
         elif latch:
             lines.append(f"CONTAINED: {latch.get('reason')} (deploy again to re-arm)")
         return "\n".join(lines)
@@ -171,9 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     secrets = sub.add_parser("secrets", help="API keys").add_subparsers(dest="action", required=True)
     generate = secrets.add_parser("generate", parents=[common], help="create missing keys (never overwrites)")
-    generate.add_argument(
-        "--rotate", nargs="*", metavar="KEY", help="replace keys: all, or only the named ones"
-    )
+    generate.add_argument("--rotate", nargs="*", metavar="KEY", help="replace keys: all, or only the named ones")
     generate.set_defaults(func=cmd_secrets_generate)
 
     audit = sub.add_parser(
@@ -204,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 # Domain command modules: each has register(subparsers, common_parent) and
 # errors(), the exception types it raises for "cannot run" (exit 2), imported only
 # when one is raised so that every command starts fast.
-DOMAIN_COMMAND_MODULES: list[str] = ["idp_ops.cli.models", "idp_ops.cli.thermal", "idp_ops.cli.backup", "idp_ops.cli.physics", "idp_ops.cli.bench"]
+DOMAIN_COMMAND_MODULES: list[str] = [
+    "idp_ops.cli.models",
+    "idp_ops.cli.thermal",
+    "idp_ops.cli.backup",
+    "idp_ops.cli.physics",
+    "idp_ops.cli.bench",
+]
 
 
 def _domain_modules():
@@ -214,13 +230,22 @@ def _domain_modules():
 
 
 def _cannot_run_errors() -> tuple[type[Exception], ...]:
+    from idp_ops.models.demo_model import DemoModelError
     from idp_ops.stack.audit import ComposeFileError
     from idp_ops.stack.compose import ComposeError
-    from idp_ops.models.demo_model import DemoModelError
     from idp_ops.stack.probe import ProbeError
     from idp_ops.stack.secrets import SecretsError
 
-    own = (SettingsError, ComposeFileError, ComposeError, ProbeError, SecretsError, DemoModelError, CommandError, OSError)
+    own = (
+        SettingsError,
+        ComposeFileError,
+        ComposeError,
+        ProbeError,
+        SecretsError,
+        DemoModelError,
+        CommandError,
+        OSError,
+    )
     return own + tuple(error for module in _domain_modules() for error in module.errors())
 
 
@@ -238,4 +263,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"idp-ops: {exc}", file=sys.stderr)
             return 2
         raise
-

@@ -26,8 +26,8 @@ def errors() -> tuple[type[Exception], ...]:
 
 def cmd_inventory(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit
-    from idp_ops.settings import load_settings
     from idp_ops.models.gguf_meta import record_scan, scan_models
+    from idp_ops.settings import load_settings
 
     settings = None
     if args.dir is None or args.record:
@@ -68,8 +68,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit, progress
-    from idp_ops.settings import load_settings
     from idp_ops.models.downloads import download_models
+    from idp_ops.settings import load_settings
 
     settings = load_settings(args.config)
     specs = settings.model_downloads

@@ -30,8 +30,8 @@ def _model_facts(path: Path) -> dict:
 
 def cmd_ceiling(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit
-    from idp_ops.settings import HARDWARE_PROFILES
     from idp_ops.physics.formulas import GB, batched_ceiling, check_claim, hybrid_ceiling, single_stream_ceiling
+    from idp_ops.settings import HARDWARE_PROFILES
 
     facts = _model_facts(Path(args.model)) if args.model else {}
     if args.weights_gb:
@@ -50,9 +50,13 @@ def cmd_ceiling(args: argparse.Namespace) -> int:
         if not args.model:  # from --weights-gb alone: spread the weights evenly over the layers
             layer_bytes, non_layer = facts["weight_bytes"] / layers, 0.0
         hybrid = hybrid_ceiling(
-            layer_bytes, layers, args.gpu_layers,
-            gpu_bandwidth_bps=args.gpu_bandwidth_gbs * GB, cpu_bandwidth_bps=args.cpu_bandwidth_gbs * GB,
-            efficiency=args.efficiency, non_layer_bytes=non_layer,
+            layer_bytes,
+            layers,
+            args.gpu_layers,
+            gpu_bandwidth_bps=args.gpu_bandwidth_gbs * GB,
+            cpu_bandwidth_bps=args.cpu_bandwidth_gbs * GB,
+            efficiency=args.efficiency,
+            non_layer_bytes=non_layer,
         )
         result["hybrid"] = hybrid.as_dict()
         result["single_stream_tok_s"] = hybrid.tok_s
@@ -69,15 +73,25 @@ def cmd_ceiling(args: argparse.Namespace) -> int:
             raise PhysicsError("give --bandwidth-gbs or --profile NAME")
         result["bandwidth_gbs"] = bandwidth
         result["single_stream_tok_s"] = single_stream_ceiling(
-            facts["weight_bytes"], bandwidth * GB, efficiency=args.efficiency, kv_bytes_per_token=kv, context=args.context
+            facts["weight_bytes"],
+            bandwidth * GB,
+            efficiency=args.efficiency,
+            kv_bytes_per_token=kv,
+            context=args.context,
         )
         if args.batch:
             if not args.tflops:
                 raise PhysicsError("--batch needs --tflops (peak FLOP/s of the device)")
             parameters = facts.get("parameters") or facts["weight_bytes"] / 2
             result["batched"] = batched_ceiling(
-                facts["weight_bytes"], parameters, args.batch, bandwidth_bps=bandwidth * GB, flops=args.tflops * 1e12,
-                bandwidth_efficiency=args.efficiency, kv_bytes_per_token=kv, context=args.context,
+                facts["weight_bytes"],
+                parameters,
+                args.batch,
+                bandwidth_bps=bandwidth * GB,
+                flops=args.tflops * 1e12,
+                bandwidth_efficiency=args.efficiency,
+                kv_bytes_per_token=kv,
+                context=args.context,
             ).as_dict()
     if args.claim is not None:
         result["claim"] = check_claim(args.claim, result["single_stream_tok_s"]).as_dict()
@@ -110,5 +124,7 @@ def register(sub, common) -> None:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--tflops", type=float, help="peak FLOP/s in TFLOP/s (for --batch)")
     parser.add_argument("--context", type=int, default=0, help="tokens already in the KV cache")
-    parser.add_argument("--claim", type=float, help="a claimed tok/s to check against the ceiling (exit 1 if impossible)")
+    parser.add_argument(
+        "--claim", type=float, help="a claimed tok/s to check against the ceiling (exit 1 if impossible)"
+    )
     parser.set_defaults(func=cmd_ceiling)

@@ -14,8 +14,8 @@ def errors() -> tuple[type[Exception], ...]:
 def cmd_replay(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit
     from idp_ops.settings import load_settings
-    from idp_ops.thermal.telemetry import CsvReplaySource
     from idp_ops.thermal.policy import PolicyConfig, replay
+    from idp_ops.thermal.telemetry import CsvReplaySource
 
     settings = load_settings(args.config)
     source = CsvReplaySource(Path(args.file), device=args.device)
@@ -43,10 +43,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit
-    from idp_ops.settings import load_settings
     from idp_ops.history import database as history
-    from idp_ops.thermal.telemetry import CsvReplaySource
+    from idp_ops.settings import load_settings
     from idp_ops.thermal.store import insert_samples, rollup_day
+    from idp_ops.thermal.telemetry import CsvReplaySource
 
     settings = load_settings(args.config)
     source = CsvReplaySource(Path(args.file), device=args.device)
@@ -56,13 +56,28 @@ def cmd_import(args: argparse.Namespace) -> int:
         days = sorted({s.ts.replace(hour=0, minute=0, second=0, microsecond=0) for s in samples})
         for day in days:
             rollup_day(
-                con, day, warn_c=settings.thermal.warn_c, contain_c=settings.thermal.contain_c,
+                con,
+                day,
+                warn_c=settings.thermal.warn_c,
+                contain_c=settings.thermal.contain_c,
                 max_gap_s=3 * settings.thermal.sensor_interval_s,
             )
-    data = {"file": args.file, "samples": len(samples), "new_rows": new, "days": [d.date().isoformat() for d in days],
-            "problems": source.problems, "history": str(settings.history_file)}
-    emit(args, data, lambda d: f"imported {d['new_rows']} new of {d['samples']} samples into {d['history']}"
-         + "".join(f"\n  problem: {p}" for p in d["problems"][:20]))
+    data = {
+        "file": args.file,
+        "samples": len(samples),
+        "new_rows": new,
+        "days": [d.date().isoformat() for d in days],
+        "problems": source.problems,
+        "history": str(settings.history_file),
+    }
+    emit(
+        args,
+        data,
+        lambda d: (
+            f"imported {d['new_rows']} new of {d['samples']} samples into {d['history']}"
+            + "".join(f"\n  problem: {p}" for p in d["problems"][:20])
+        ),
+    )
     return 0
 
 
@@ -88,19 +103,35 @@ def cmd_guard(args: argparse.Namespace) -> int:
 
     def contain_now(request) -> None:
         decision = request.decision
-        reading = {"device": decision.device, "temperature_c": decision.temperature_c,
-                   "sample_timestamp": decision.ts.isoformat(), "episode": request.episode,
-                   "attempt": request.attempt}
+        reading = {
+            "device": decision.device,
+            "temperature_c": decision.temperature_c,
+            "sample_timestamp": decision.ts.isoformat(),
+            "episode": request.episode,
+            "attempt": request.attempt,
+        }
         active = current["settings"]
         # Short in-process retries: the guard's own loop tries again on its next tick.
-        report = contain(active, f"thermal guard: {decision.reason}", reading, log=log,
-                         retry_for_s=min(active.thermal.contain_retry_s, 3 * active.thermal.guard_interval_s),
-                         on_failed_attempt=alert_failed_attempt(active, reading, "guard"))
+        report = contain(
+            active,
+            f"thermal guard: {decision.reason}",
+            reading,
+            log=log,
+            retry_for_s=min(active.thermal.contain_retry_s, 3 * active.thermal.guard_interval_s),
+            on_failed_attempt=alert_failed_attempt(active, reading, "guard"),
+        )
         log(f"contained: stopped {report.stopped} in {report.stop_seconds:.2f} s (attempt {report.attempts})")
 
     log(f"thermal guard: every {args.interval or settings.thermal.guard_interval_s} s; stops {settings.gpu_services}")
-    run_guard(settings, contain=contain_now, stop=stop, log=log, interval_s=args.interval, max_ticks=args.max_ticks,
-              reload=reload)
+    run_guard(
+        settings,
+        contain=contain_now,
+        stop=stop,
+        log=log,
+        interval_s=args.interval,
+        max_ticks=args.max_ticks,
+        reload=reload,
+    )
     return 0
 
 

@@ -13,9 +13,9 @@ readable in one place.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
@@ -229,12 +229,16 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             raise
         current = version
     if current > SCHEMA_VERSION:
-        raise HistoryError(f"history file is at schema {current}, newer than this code ({SCHEMA_VERSION}): upgrade idp_ops")
+        raise HistoryError(
+            f"history file is at schema {current}, newer than this code ({SCHEMA_VERSION}): upgrade idp_ops"
+        )
     return current
 
 
 @contextmanager
-def connect(path: Path, *, read_only: bool = False, lock_timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    path: Path, *, read_only: bool = False, lock_timeout_s: float = 60.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """One short-lived connection, migrated, retried while another writer holds the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + lock_timeout_s

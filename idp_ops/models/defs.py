@@ -5,15 +5,22 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSelection,
+    Definitions,
     Failure,
     MaterializeResult,
     MetadataValue,
     asset,
+    define_asset_job,
+    in_process_executor,
+    load_asset_checks_from_current_module,
+    load_assets_from_current_module,
 )
 
 from idp_ops.models.downloads import DownloadProgress, download_models
 from idp_ops.models.gguf_meta import ModelFile, ModelScanError, record_scan, scan_models
 from idp_ops.resources import SettingsResource
+from idp_ops.runs import HEAVY_TAG
 
 GROUP = "models"
 
@@ -49,7 +56,9 @@ def model_downloads(context: AssetExecutionContext, settings: SettingsResource) 
     counts = {status: sum(1 for r in results if r.status == status) for status in ("downloaded", "skipped", "failed")}
     metadata = {
         "models_dir": MetadataValue.path(str(cfg.models_dir)),
-        "models": MetadataValue.md(_md_table(rows, ["name", "status", "bytes", "size", "seconds", "attempts", "message"])),
+        "models": MetadataValue.md(
+            _md_table(rows, ["name", "status", "bytes", "size", "seconds", "attempts", "message"])
+        ),
         "per_model": MetadataValue.json({r.name: r.as_dict() for r in results}),
         "declared": len(results),
         **counts,
@@ -96,7 +105,10 @@ def model_files(context: AssetExecutionContext, settings: SettingsResource) -> M
         metadata={
             "models_dir": MetadataValue.path(str(cfg.models_dir)),
             "files": MetadataValue.md(
-                _md_table([_display(f) for f in files], ["path", "kind", "architecture", "params", "quant", "layers", "context", "size", "finding"])
+                _md_table(
+                    [_display(f) for f in files],
+                    ["path", "kind", "architecture", "params", "quant", "layers", "context", "size", "finding"],
+                )
                 if files
                 else "No model files found."
             ),
@@ -147,3 +159,21 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
         cells = (str(row.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# -- job ----------------------------------------------------------------------
+
+models_job = define_asset_job(
+    "models_job",
+    selection=AssetSelection.groups("models"),
+    description="Download the models declared in settings (resumable, sha256-verified) and re-read the inventory.",
+    executor_def=in_process_executor,
+    tags=HEAVY_TAG,
+)
+
+
+defs = Definitions(
+    assets=load_assets_from_current_module(),
+    asset_checks=load_asset_checks_from_current_module(),
+    jobs=[models_job],
+)

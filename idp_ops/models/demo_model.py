@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
 from idp_ops.backup.manifest import hash_file
+from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
 
 
 class DemoModelError(RuntimeError):

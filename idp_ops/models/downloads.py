@@ -23,9 +23,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import httpx
 
@@ -305,10 +306,13 @@ def _fetch(spec, target, part, handle, client, headers, result, finish, log, rep
         if failures >= max_attempts or result.attempts >= max_attempts * 20:
             result.bytes_downloaded = received
             return finish(
-                "failed", f"gave up after {result.attempts} attempts ({last_error}){_keep_or_drop(handle, part, offset)}"
+                "failed",
+                f"gave up after {result.attempts} attempts ({last_error}){_keep_or_drop(handle, part, offset)}",
             )
         delay = min(backoff_s * 2 ** max(failures - 1, 0), 60.0)
-        log(f"{spec.name}: attempt {result.attempts} failed ({last_error}); resuming at byte {offset:,} in {delay:.1f} s")
+        log(
+            f"{spec.name}: attempt {result.attempts} failed ({last_error}); resuming at byte {offset:,} in {delay:.1f} s"
+        )
         time.sleep(delay)
 
     handle.flush()

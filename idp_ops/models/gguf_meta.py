@@ -25,7 +25,7 @@ import re
 import struct
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -287,14 +287,18 @@ class _HeaderReader:
         if item_type in _SCALAR_FORMATS:
             item_size = struct.calcsize(_SCALAR_FORMATS[item_type])
             if self.pos + length * item_size > self.size:
-                raise _Truncated(f"array {where} of {length:,} items at offset {self.pos:,} runs past the end: the file ends at {self.size:,}")
+                raise _Truncated(
+                    f"array {where} of {length:,} items at offset {self.pos:,} runs past the end: the file ends at {self.size:,}"
+                )
             if length > SMALL_ARRAY:
                 self.skip(length * item_size)
                 return _LongArray(item_type.name, length)
             return [self.unpack(_SCALAR_FORMATS[item_type]) for _ in range(length)]
         if item_type == GGUFValueType.STRING:
             if self.pos + length * 8 > self.size:
-                raise _Truncated(f"array {where} of {length:,} strings at offset {self.pos:,} runs past the end: the file ends at {self.size:,}")
+                raise _Truncated(
+                    f"array {where} of {length:,} strings at offset {self.pos:,} runs past the end: the file ends at {self.size:,}"
+                )
             if length > SMALL_ARRAY:
                 self.skip_strings(length)
                 return _LongArray("STRING", length)
@@ -340,7 +344,9 @@ def _read_gguf_header(handle: BinaryIO, size: int, out: dict[str, Any]) -> None:
     # Each key/value takes at least 13 bytes and each tensor info at least 28: counts
     # beyond what the file could hold are garbage, not something to loop over.
     if kv_count * 13 + tensor_count * 28 > size:
-        raise _Corrupt(f"header claims {kv_count:,} metadata keys and {tensor_count:,} tensors, more than {size:,} bytes can hold")
+        raise _Corrupt(
+            f"header claims {kv_count:,} metadata keys and {tensor_count:,} tensors, more than {size:,} bytes can hold"
+        )
     out["tensor_count"] = tensor_count
     metadata: dict[str, Any] = {}
     out["fields"] = metadata
@@ -708,7 +714,11 @@ def read_tokenizer(path: Path, root: Path | None = None) -> ModelFile:
             row.finding = "empty file"
         elif path.suffix == ".json":
             data = json.loads(path.read_bytes())
-            vocab = data.get("model", {}).get("vocab") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+            vocab = (
+                data.get("model", {}).get("vocab")
+                if isinstance(data, dict) and isinstance(data.get("model"), dict)
+                else None
+            )
             if isinstance(vocab, (dict, list)):
                 row.details["vocab_size"] = len(vocab)
     except OSError as exc:
@@ -765,15 +775,26 @@ def scan_models(root: Path) -> list[ModelFile]:
                     rows.append(_READERS[kind](path, root))
                 except Exception as exc:  # a reader bug must cost one row, not the inventory
                     rows.append(
-                        ModelFile(path=str(path), root=str(root), kind=kind, size=0,
-                                  finding=f"unreadable: unexpected {type(exc).__name__}: {exc}")  # fmt: skip
+                        ModelFile(
+                            path=str(path),
+                            root=str(root),
+                            kind=kind,
+                            size=0,
+                            finding=f"unreadable: unexpected {type(exc).__name__}: {exc}",
+                        )  # fmt: skip
                     )
     for error in walk_errors:
         if error.filename and Path(error.filename) == root:
             raise ModelScanError(f"cannot read models dir {root}: {error.strerror}")
         # An unreadable subdirectory is a finding too: its models would vanish silently otherwise.
         rows.append(
-            ModelFile(path=str(error.filename), root=str(root), kind="directory", size=0, finding=f"unreadable: {error.strerror}")
+            ModelFile(
+                path=str(error.filename),
+                root=str(root),
+                kind="directory",
+                size=0,
+                finding=f"unreadable: {error.strerror}",
+            )
         )
     return sorted(rows, key=lambda r: r.path)
 
@@ -787,7 +808,7 @@ def record_scan(history_file: Path, root: Path, rows: list[ModelFile], *, scanne
     """Replace ``root``'s rows in ``model_files`` with ``rows`` in one transaction; returns the count."""
     from idp_ops.history import database as history
 
-    scanned_at = scanned_at or datetime.now(timezone.utc)
+    scanned_at = scanned_at or datetime.now(UTC)
     root_text = str(Path(root).expanduser().resolve())
     values = []
     for row in rows:

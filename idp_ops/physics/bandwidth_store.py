@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from idp_ops.history import database as history
@@ -121,7 +121,7 @@ def record_bandwidth(
     history_file: Path, rows: list[BandwidthRow], *, measured_at: datetime | None = None, host: str | None = None
 ) -> datetime:
     """Store one measurement (all its rows share a timestamp); returns that timestamp."""
-    measured_at = measured_at or datetime.now(timezone.utc)
+    measured_at = measured_at or datetime.now(UTC)
     host = host or socket.gethostname()
     with history.connect(history_file) as con:
         con.executemany(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from idp_ops.settings import Endpoint, HardwareProfile
 from idp_ops.physics.formulas import GB, single_stream_ceiling, weight_bytes_per_token
+from idp_ops.settings import Endpoint, HardwareProfile
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ def endpoint_ceiling(
     # The CPU profile's stand-in plays the GPU role but decodes on the CPU.
     device = device or ("cpu" if endpoint.cpu_threads else ("gpu" if endpoint.gpu else "cpu"))
     if device == "gpu":
-        value, source = (measured.gpu_gbs, "measured") if measured.gpu_gbs else (hardware.gpu_bandwidth_gbs, "datasheet")
+        value, source = (
+            (measured.gpu_gbs, "measured") if measured.gpu_gbs else (hardware.gpu_bandwidth_gbs, "datasheet")
+        )
     else:
         one = endpoint.cpu_threads == 1
         read = measured.cpu_read_gbs_one_thread if one else measured.cpu_read_gbs_all_threads

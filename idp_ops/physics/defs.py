@@ -14,12 +14,15 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     asset,
+    load_asset_checks_from_current_module,
+    load_assets_from_current_module,
 )
 
-from idp_ops.tables import markdown_table
+from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.physics.bandwidth import measure_cpu_bandwidth
 from idp_ops.physics.bandwidth_store import (
     DEVICE_CPU,
@@ -32,10 +35,10 @@ from idp_ops.physics.bandwidth_store import (
     record_bandwidth,
 )
 from idp_ops.physics.report import ceiling_for, criteria_rows, model_facts, plan_claims
-from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.reports.html import html_paragraphs, html_table, write_section
 from idp_ops.reports.trends import latest_per_endpoint, load_bench_runs
 from idp_ops.resources import SettingsResource
+from idp_ops.tables import markdown_table
 
 GROUP = "physics"
 
@@ -69,7 +72,9 @@ def memory_bandwidth(
     gpu = measure_gpu_bandwidth(config.gpu_buffer_mb)
     if gpu is not None:
         rows.append(BandwidthRow(DEVICE_GPU, 0, gpu.read_gbs, gpu.copy_gbs, SOURCE_MEASURED))
-        gpu_text = f"{gpu.read_gbs} GB/s read, {gpu.copy_gbs} GB/s copy (measured with {gpu.library} on {gpu.device_name})"
+        gpu_text = (
+            f"{gpu.read_gbs} GB/s read, {gpu.copy_gbs} GB/s copy (measured with {gpu.library} on {gpu.device_name})"
+        )
     elif hardware.gpu_bandwidth_gbs:
         rows.append(BandwidthRow(DEVICE_GPU, 0, hardware.gpu_bandwidth_gbs, None, SOURCE_DATASHEET))
         gpu_text = (
@@ -81,8 +86,13 @@ def memory_bandwidth(
     measured_at = record_bandwidth(cfg.history_file, rows, host=socket.gethostname())
 
     table = [
-        {"device": r.device, "threads": r.threads or "", "read_gbs": r.read_gbs, "copy_gbs": r.copy_gbs or "",
-         "source": r.source}  # fmt: skip
+        {
+            "device": r.device,
+            "threads": r.threads or "",
+            "read_gbs": r.read_gbs,
+            "copy_gbs": r.copy_gbs or "",
+            "source": r.source,
+        }  # fmt: skip
         for r in rows
     ]
     metadata = {
@@ -98,7 +108,9 @@ def memory_bandwidth(
         "gpu_source": SOURCE_MEASURED if gpu else (SOURCE_DATASHEET if hardware.gpu_bandwidth_gbs else "none"),
         "gpu": gpu_text,
         "hardware_profile": hardware.name,
-        "measurements": MetadataValue.md(markdown_table(table, ["device", "threads", "read_gbs", "copy_gbs", "source"])),
+        "measurements": MetadataValue.md(
+            markdown_table(table, ["device", "threads", "read_gbs", "copy_gbs", "source"])
+        ),
     }
     if hardware.cpu_bandwidth_gbs:
         # How much of the datasheet the probe reaches: what the profile's efficiency factor stands for.
@@ -177,21 +189,42 @@ def throughput_ceilings(context: AssetExecutionContext, settings: SettingsResour
         }
         for e, c, m, eff in endpoint_rows
     ]
-    endpoint_columns = ["endpoint", "model", "device", "ceiling_tok_s", "measured_tok_s", "efficiency", "weight_gb",
-                        "bandwidth_gbs", "source", "efficiency_factor"]
+    endpoint_columns = [
+        "endpoint",
+        "model",
+        "device",
+        "ceiling_tok_s",
+        "measured_tok_s",
+        "efficiency",
+        "weight_gb",
+        "bandwidth_gbs",
+        "source",
+        "efficiency_factor",
+    ]
     if any(c.batched_tok_s for _, c, _, _ in endpoint_rows):
         endpoint_columns += ["batch_1_tok_s", "batch_8_tok_s", "batch_32_tok_s"]
     endpoint_columns.append("note")
     model_table = [
-        {"model": r.model, "endpoint": r.endpoint, "device": r.device, "ceiling_tok_s": _fmt(r.tok_s),
-         "weight_gb": _fmt(r.weight_gb), "bandwidth_gbs": _fmt(r.bandwidth_gbs), "source": r.bandwidth_source or "",
-         "note": r.note}  # fmt: skip
+        {
+            "model": r.model,
+            "endpoint": r.endpoint,
+            "device": r.device,
+            "ceiling_tok_s": _fmt(r.tok_s),
+            "weight_gb": _fmt(r.weight_gb),
+            "bandwidth_gbs": _fmt(r.bandwidth_gbs),
+            "source": r.bandwidth_source or "",
+            "note": r.note,
+        }  # fmt: skip
         for r in model_rows
     ]
     model_columns = ["model", "endpoint", "device", "ceiling_tok_s", "weight_gb", "bandwidth_gbs", "source", "note"]
     criteria_table = [
-        {**c.as_dict(), "ceiling": _fmt(c.ceiling), "measured": _fmt(c.measured),
-         "efficiency": _pct(c.efficiency)}  # fmt: skip
+        {
+            **c.as_dict(),
+            "ceiling": _fmt(c.ceiling),
+            "measured": _fmt(c.measured),
+            "efficiency": _pct(c.efficiency),
+        }  # fmt: skip
         for c in criteria
     ]
     criteria_columns = ["endpoint", "criterion", "threshold", "ceiling", "measured", "efficiency", "status", "note"]
@@ -223,7 +256,8 @@ def throughput_ceilings(context: AssetExecutionContext, settings: SettingsResour
                 markdown_table(criteria_table, criteria_columns) if criteria else "No acceptance criteria configured."
             ),
             "models": MetadataValue.md(
-                markdown_table(model_table, model_columns) if model_rows
+                markdown_table(model_table, model_columns)
+                if model_rows
                 else "No models in model_files yet: materialize model_files (models group)."
             ),
             "plan_claims": MetadataValue.md(markdown_table(claims_table, claims_columns)),
@@ -237,7 +271,9 @@ def throughput_ceilings(context: AssetExecutionContext, settings: SettingsResour
                 passed=not unattainable,
                 severity=AssetCheckSeverity.WARN,
                 description=(
-                    "; ".join(f"{c.endpoint} {c.criterion} {c.threshold:g} is unattainable: {c.note}" for c in unattainable)
+                    "; ".join(
+                        f"{c.endpoint} {c.criterion} {c.threshold:g} is unattainable: {c.note}" for c in unattainable
+                    )
                     if unattainable
                     else f"all {len(criteria)} criteria are within their ceilings"
                 ),
@@ -245,3 +281,9 @@ def throughput_ceilings(context: AssetExecutionContext, settings: SettingsResour
             )
         ],
     )
+
+
+defs = Definitions(
+    assets=load_assets_from_current_module(),
+    asset_checks=load_asset_checks_from_current_module(),
+)

@@ -49,7 +49,12 @@ def kv_cache_bytes_per_token(
 
 
 def single_stream_ceiling(
-    weight_bytes: float, bandwidth_bps: float, *, efficiency: float = 0.8, kv_bytes_per_token: float = 0.0, context: int = 0
+    weight_bytes: float,
+    bandwidth_bps: float,
+    *,
+    efficiency: float = 0.8,
+    kv_bytes_per_token: float = 0.0,
+    context: int = 0,
 ) -> float:
     """Upper bound on one stream's decode tok/s at a given context length."""
     weight_bytes = _positive("weight bytes", weight_bytes)
@@ -87,8 +92,11 @@ def batched_ceiling(
     memory_s = (_positive("weight bytes", weight_bytes) + batch * kv_bytes_per_token * max(context, 0)) / (
         _positive("bandwidth", bandwidth_bps) * _positive("bandwidth efficiency", bandwidth_efficiency)
     )
-    compute_s = 2 * _positive("parameters", parameters) * batch / (
-        _positive("FLOP/s", flops) * _positive("compute efficiency", compute_efficiency)
+    compute_s = (
+        2
+        * _positive("parameters", parameters)
+        * batch
+        / (_positive("FLOP/s", flops) * _positive("compute efficiency", compute_efficiency))
     )
     step = max(memory_s, compute_s)
     return BatchedCeiling(

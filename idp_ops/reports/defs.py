@@ -11,16 +11,23 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSelection,
     Config,
+    DefaultScheduleStatus,
+    Definitions,
     MaterializeResult,
     MetadataValue,
+    ScheduleDefinition,
     asset,
+    define_asset_job,
+    in_process_executor,
+    load_asset_checks_from_current_module,
+    load_assets_from_current_module,
 )
 
-from idp_ops.tables import markdown_table
+from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.physics.bandwidth_store import latest_measured_bandwidth
 from idp_ops.physics.report import ceiling_for, model_facts
-from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.reports.html import (
     html_image,
     html_paragraphs,
@@ -42,6 +49,8 @@ from idp_ops.reports.trends import (
     throttle_by_reason,
 )
 from idp_ops.resources import SettingsResource
+from idp_ops.runs import HEAVY_TAG, SCHEDULE_TIMEZONE
+from idp_ops.tables import markdown_table
 
 GROUP = "reports"
 PLOTTED_METRICS = ["decode_tok_s", "aggregate_tok_s_at_max", "ttft_p50_ms", "ttft_p95_ms"]
@@ -74,7 +83,7 @@ def _current_ceilings(cfg) -> dict[str, float]:
             if row.tok_s:
                 result[endpoint.name] = row.tok_s
         return result
-    except Exception:  # noqa: BLE001 - the trend stands without efficiency
+    except Exception:
         return {}
 
 
@@ -115,8 +124,17 @@ def performance_trend(
         }
         for s in report.latest
     ]
-    status_columns = ["endpoint", "metric", "night", "value", "trailing_median", "change_pct", "ceiling_tok_s",
-                      "efficiency", "status"]
+    status_columns = [
+        "endpoint",
+        "metric",
+        "night",
+        "value",
+        "trailing_median",
+        "change_pct",
+        "ceiling_tok_s",
+        "efficiency",
+        "status",
+    ]
     trend_png = plot_metric_trends(report.points, PLOTTED_METRICS)
 
     daily = thermal_daily(cfg.history_file, tz=cfg.timezone)
@@ -136,9 +154,19 @@ def performance_trend(
         }
         for _, r in recent.iterrows()
     ]
-    thermal_columns = ["day", "device", "hours", "max_c", "h_above_warn", "h_above_contain", "h_throttled", "energy_kwh"]
+    thermal_columns = [
+        "day",
+        "device",
+        "hours",
+        "max_c",
+        "h_above_warn",
+        "h_above_contain",
+        "h_throttled",
+        "energy_kwh",
+    ]
     reason_rows = [
-        {"device": r["device"], "reason": r["reason"], "hours": _round(r["seconds"] / 3600, 3)} for _, r in reasons.iterrows()
+        {"device": r["device"], "reason": r["reason"], "hours": _round(r["seconds"] / 3600, 3)}
+        for _, r in reasons.iterrows()
     ]
 
     # Markdown (UI) and HTML (report page) carry the same content.
@@ -155,13 +183,17 @@ def performance_trend(
     else:
         thermal_md = markdown_table(thermal_rows, thermal_columns)
         if reason_rows:
-            thermal_md += "\n\nThrottle time by reason (whole history):\n\n" + markdown_table(reason_rows, ["device", "reason", "hours"])
+            thermal_md += "\n\nThrottle time by reason (whole history):\n\n" + markdown_table(
+                reason_rows, ["device", "reason", "hours"]
+            )
         if thermal_png:
             thermal_md += "\n\n" + markdown_image(thermal_png, "thermal days")
 
     body = html_paragraphs([report.message] if report.message else [])
     if report.runs:
-        body += html_table(status_rows, status_columns) + (html_image(trend_png, "nightly benchmark trend") if trend_png else "")
+        body += html_table(status_rows, status_columns) + (
+            html_image(trend_png, "nightly benchmark trend") if trend_png else ""
+        )
     body += "<h3>Thermal</h3>" + (
         html_paragraphs([NOT_ENOUGH_THERMAL]) if daily.empty
         else html_table(thermal_rows, thermal_columns)
@@ -177,7 +209,9 @@ def performance_trend(
         description = report.message
     else:
         judged = sum(1 for s in report.latest if s.baseline is not None)
-        description = f"no regression: {judged} endpoint metrics within {config.regression_pct:g} % of their trailing median"
+        description = (
+            f"no regression: {judged} endpoint metrics within {config.regression_pct:g} % of their trailing median"
+        )
     for s in regressions:
         context.log.warning(f"regression: {s.describe()}")
     energy_total = float(daily["energy_kwh"].sum()) if not daily.empty else 0.0
@@ -202,9 +236,15 @@ def performance_trend(
                 metadata={
                     "regressions": MetadataValue.json(
                         [
-                            {"endpoint": s.endpoint, "metric": s.metric, "night": s.night, "value": s.value,
-                             "trailing_median": s.baseline, "change_pct": round(s.change_pct, 2) if s.change_pct is not None else None,
-                             "worse_when": "lower" if METRICS[s.metric].higher_is_better else "higher"}  # fmt: skip
+                            {
+                                "endpoint": s.endpoint,
+                                "metric": s.metric,
+                                "night": s.night,
+                                "value": s.value,
+                                "trailing_median": s.baseline,
+                                "change_pct": round(s.change_pct, 2) if s.change_pct is not None else None,
+                                "worse_when": "lower" if METRICS[s.metric].higher_is_better else "higher",
+                            }  # fmt: skip
                             for s in regressions
                         ]
                     ),
@@ -256,14 +296,28 @@ def roi_report(context: AssetExecutionContext, settings: SettingsResource) -> Ma
         for c in report.cloud
     ]
     years = f"{report.amortisation_years:g}y"
-    cloud_columns = ["provider", "monthly", "basis", "savings_monthly", "payback_months", f"{years}_cost",
-                     f"{years}_net_savings"]
+    cloud_columns = [
+        "provider",
+        "monthly",
+        "basis",
+        "savings_monthly",
+        "payback_months",
+        f"{years}_cost",
+        f"{years}_net_savings",
+    ]
     token_rows = [
         {"endpoint": t.endpoint, "throughput": t.metric, "tok_s": _round(t.tok_s), "median_of_runs": t.runs,
          "m_tokens_per_month": _round(t.tokens_per_month / 1e6), "usd_per_million_tokens": f"${t.usd_per_million:,.3f}"}
         for t in report.token_costs
     ]  # fmt: skip
-    token_columns = ["endpoint", "throughput", "tok_s", "median_of_runs", "m_tokens_per_month", "usd_per_million_tokens"]
+    token_columns = [
+        "endpoint",
+        "throughput",
+        "tok_s",
+        "median_of_runs",
+        "m_tokens_per_month",
+        "usd_per_million_tokens",
+    ]
     png = plot_roi(report)
     paybacks = [c.payback_months for c in report.cloud if c.payback_months is not None]
     utilisation = (
@@ -309,3 +363,35 @@ def roi_report(context: AssetExecutionContext, settings: SettingsResource) -> Ma
             "report": MetadataValue.path(str(page)),
         }
     )
+
+
+# -- job and schedule ----------------------------------------------------------
+
+reports_job = define_asset_job(
+    "reports_job",
+    # The inventory is a cheap header read; downloads stay in models_job (they hash what is present).
+    selection=AssetSelection.groups("physics", "reports") | AssetSelection.assets("model_files"),
+    description="Re-read the model inventory, measure memory bandwidth, recompute the throughput ceilings, the "
+    "performance/thermal trends and the ROI report (plots in the UI, report.html in the data dir).",
+    executor_def=in_process_executor,
+    tags=HEAVY_TAG,
+)
+
+
+# After the night's validation and backups, before anyone looks: the day starts with fresh figures.
+reports_schedule = ScheduleDefinition(
+    name="reports_schedule",
+    job=reports_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone=SCHEDULE_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Daily: bandwidth, ceilings, performance/thermal trends and ROI.",
+)
+
+
+defs = Definitions(
+    assets=load_assets_from_current_module(),
+    asset_checks=load_asset_checks_from_current_module(),
+    jobs=[reports_job],
+    schedules=[reports_schedule],
+)

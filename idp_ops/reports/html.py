@@ -17,7 +17,7 @@ import html
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import matplotlib.dates as mdates
@@ -84,7 +84,9 @@ def plot_metric_trends(points, metrics: list[str], *, title: str = "") -> bytes 
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    axes[0].set_title(title or "nightly benchmark (dashed: rolling median, dotted: ceiling, red x: regression)", fontsize=10)
+    axes[0].set_title(
+        title or "nightly benchmark (dashed: rolling median, dotted: ceiling, red x: regression)", fontsize=10
+    )
     nights = points["night"]
     if nights.min() == nights.max():
         # One night: matplotlib would otherwise span years around a single date.
@@ -104,12 +106,30 @@ def plot_thermal_daily(daily) -> bytes | None:
     for index, device in enumerate(devices):
         rows = daily[daily["device"] == device]
         days = mdates.date2num(rows["day"])
-        energy_ax.bar(days + (index - (len(devices) - 1) / 2) * width, rows["energy_kwh"].fillna(0), width=width,
-                      label=device, color=f"C{index}")
-        time_ax.plot(days, rows["seconds_above_warn"].fillna(0) / 3600, "o-", markersize=3, color=f"C{index}",
-                     label=f"{device} above warn")
-        time_ax.plot(days, rows["throttle_seconds"].fillna(0) / 3600, "s--", markersize=3, color=f"C{index}",
-                     alpha=0.7, label=f"{device} throttled")
+        energy_ax.bar(
+            days + (index - (len(devices) - 1) / 2) * width,
+            rows["energy_kwh"].fillna(0),
+            width=width,
+            label=device,
+            color=f"C{index}",
+        )
+        time_ax.plot(
+            days,
+            rows["seconds_above_warn"].fillna(0) / 3600,
+            "o-",
+            markersize=3,
+            color=f"C{index}",
+            label=f"{device} above warn",
+        )
+        time_ax.plot(
+            days,
+            rows["throttle_seconds"].fillna(0) / 3600,
+            "s--",
+            markersize=3,
+            color=f"C{index}",
+            alpha=0.7,
+            label=f"{device} throttled",
+        )
     energy_ax.set_ylabel("kWh / day")
     energy_ax.set_title("thermal log: energy per day, hours above the warning line, hours throttled", fontsize=10)
     energy_ax.legend(fontsize=8)
@@ -144,8 +164,9 @@ def plot_roi(report) -> bytes:
         color = f"C{3 + index}"
         # Payback in the legend, not beside the point: close paybacks would print over each other.
         payback = f"payback {cloud.payback_months:.1f} mo" if cloud.payback_months is not None else "no payback"
-        cumulative.plot(months, [cloud.monthly_usd * m for m in months], color=color,
-                        label=f"{cloud.provider} ({payback})")
+        cumulative.plot(
+            months, [cloud.monthly_usd * m for m in months], color=color, label=f"{cloud.provider} ({payback})"
+        )
         if cloud.payback_months is not None and cloud.payback_months <= months[-1]:
             cumulative.plot([cloud.payback_months], [cloud.monthly_usd * cloud.payback_months], "o", color=color)
     cumulative.set_xlabel("months")
@@ -193,8 +214,12 @@ def _cell(value) -> str:
 
 def write_section(reports_dir: Path, name: str, title: str, body_html: str) -> Path:
     """Store one asset's section and rebuild the page; returns the page's path."""
-    section = {"name": name, "title": title, "body_html": body_html,
-               "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    section = {
+        "name": name,
+        "title": title,
+        "body_html": body_html,
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     atomic_write_json(reports_dir / SECTIONS_DIR / f"{name}.json", section)
     return assemble(reports_dir)
 
@@ -218,7 +243,7 @@ def render_page(sections: list[Section], *, title: str = "idp_ops report") -> st
         f'<p class="meta">updated {html.escape(s.updated_at)}</p>{s.body_html}</section>'
         for s in sections
     )
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    generated = datetime.now(UTC).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from idp_ops.settings import RoiSettings
 from idp_ops.history import database as history
+from idp_ops.settings import RoiSettings
 
 ENERGY_MEASURED = "measured"
 ENERGY_DUTY_CYCLE = "duty cycle"
@@ -277,7 +277,9 @@ def report_from_history(roi: RoiSettings, history_file: Path) -> RoiReport:
 
 
 def _table_exists(con, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+    return bool(
+        con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]
+    )
 
 
 def _iso(value) -> str:

@@ -85,7 +85,9 @@ class MetricStatus:
 class TrendReport:
     runs: int
     endpoints: list[str]
-    points: pd.DataFrame  # long form: endpoint, metric, night, value, rolling_median, baseline, change_pct, regression, efficiency
+    points: (
+        pd.DataFrame
+    )  # long form: endpoint, metric, night, value, rolling_median, baseline, change_pct, regression, efficiency
     latest: list[MetricStatus] = field(default_factory=list)
     settings: TrendSettings = TrendSettings()
     message: str = ""
@@ -100,7 +102,9 @@ class TrendReport:
 
 
 def _table_exists(con, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+    return bool(
+        con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]
+    )
 
 
 def load_bench_runs(history_file: Path) -> pd.DataFrame:
@@ -195,8 +199,18 @@ def _num(value) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-_POINT_COLUMNS = ["endpoint", "metric", "night", "value", "rolling_median", "baseline", "change_pct", "regression",
-                  "efficiency", "ceiling_tok_s"]
+_POINT_COLUMNS = [
+    "endpoint",
+    "metric",
+    "night",
+    "value",
+    "rolling_median",
+    "baseline",
+    "change_pct",
+    "regression",
+    "efficiency",
+    "ceiling_tok_s",
+]
 
 
 def _rolling_median(grouped, window: int, min_periods: int) -> pd.Series:
@@ -231,8 +245,17 @@ def thermal_daily(history_file: Path, *, tz: str = "UTC", con=None) -> pd.DataFr
                sum(energy_kwh) AS energy_kwh
         FROM thermal_hourly GROUP BY 1, 2 ORDER BY 1, 2
     """
-    columns = ["day", "device", "hours", "samples", "max_c", "seconds_above_warn", "seconds_above_contain",
-               "throttle_seconds", "energy_kwh"]
+    columns = [
+        "day",
+        "device",
+        "hours",
+        "samples",
+        "max_c",
+        "seconds_above_warn",
+        "seconds_above_contain",
+        "throttle_seconds",
+        "energy_kwh",
+    ]
     return _thermal_query(history_file, query, [tz], columns, con)
 
 

@@ -407,24 +407,31 @@ def check_sensitive_mounts(svc: Service) -> Iterator[tuple[str, str]]:
         paths = [p for p in (mount.host_path, mount.target) if p]
         sockets = [p for p in paths if p.rstrip("/").endswith("docker.sock")]
         if sockets:  # CIS 5.32 is the more specific item for the socket itself
-            yield "CIS-5.32", (
-                f"service {svc.name!r} mounts the docker socket {sockets[0]} (volumes entry {mount.written})"
+            yield (
+                "CIS-5.32",
+                (f"service {svc.name!r} mounts the docker socket {sockets[0]} (volumes entry {mount.written})"),
             )
             continue
         detail = _sensitive(mount.host_path) if mount.host_path else None
         if detail is not None:
-            yield "CIS-5.6", (
-                f"service {svc.name!r} mounts sensitive host path {mount.host_path}{detail} "
-                f"via volumes entry {mount.written}"
+            yield (
+                "CIS-5.6",
+                (
+                    f"service {svc.name!r} mounts sensitive host path {mount.host_path}{detail} "
+                    f"via volumes entry {mount.written}"
+                ),
             )
 
 
 def check_propagation(svc: Service) -> Iterator[tuple[str, str]]:
     for mount in _mounts(svc):
         if mount.propagation in {"shared", "rshared"}:
-            yield "CIS-5.20", (
-                f"service {svc.name!r} mounts volumes entry {mount.written} with {mount.propagation} propagation; "
-                "host mounts would follow it"
+            yield (
+                "CIS-5.20",
+                (
+                    f"service {svc.name!r} mounts volumes entry {mount.written} with {mount.propagation} propagation; "
+                    "host mounts would follow it"
+                ),
             )
 
 
@@ -505,18 +512,21 @@ def check_secret_env(svc: Service) -> Iterator[tuple[str, str]]:
             continue
         value = str(value)
         if _is_secret_name(var) and not _is_file_pointer(var, value):
-            yield "IDP-SECRET-ENV", (
-                f"service {name!r} sets secret variable {var} in environment; "
-                "mount it as a compose secret instead"
+            yield (
+                "IDP-SECRET-ENV",
+                (f"service {name!r} sets secret variable {var} in environment; mount it as a compose secret instead"),
             )
         elif _looks_like_key(value):
             yield "IDP-SECRET-ENV", f"service {name!r} variable {var} holds a literal that looks like an API key"
     for entry in _as_list(svc.raw.get("env_file")):
         path = str(entry.get("path", "")) if isinstance(entry, dict) else str(entry)
         if _SECRET_PATH.search(path):
-            yield "IDP-SECRET-ENV", (
-                f"service {name!r} loads env_file {path}, which looks like a secrets file; "
-                "its values show in docker inspect"
+            yield (
+                "IDP-SECRET-ENV",
+                (
+                    f"service {name!r} loads env_file {path}, which looks like a secrets file; "
+                    "its values show in docker inspect"
+                ),
             )
 
 
@@ -533,9 +543,12 @@ def check_secret_cmd(svc: Service) -> Iterator[tuple[str, str]]:
         text = _command_text(value).replace("$$", "")
         flags = {m.group(1) for m in _SECRET_FLAG.finditer(text) if not _TOKEN_COUNT.search(m.group(1))}
         for flag in sorted(flags):
-            yield "IDP-SECRET-CMD", (
-                f"service {name!r} {field} passes a value to {flag} on the command line "
-                "(visible in ps and docker inspect); use a key file"
+            yield (
+                "IDP-SECRET-CMD",
+                (
+                    f"service {name!r} {field} passes a value to {flag} on the command line "
+                    "(visible in ps and docker inspect); use a key file"
+                ),
             )
         secret_vars = sorted({v for v in _INTERPOLATED_NAME.findall(text) if _is_secret_name(v)})
         for var in secret_vars:

@@ -24,16 +24,27 @@ from pathlib import Path
 
 # What a failing `up` tends to print, turned into one line an operator can act on.
 _HINTS = [
-    (re.compile(r"port is already allocated|address already in use", re.I),
-     "a published port is already in use on this host: stop what holds it or change the endpoint URL's port"),
-    (re.compile(r"pull access denied|manifest unknown|No such image|not found: manifest|failed to resolve reference"
-                r"|no such host|dial tcp|registry-1\.docker\.io", re.I),
-     "the image is not available locally and cannot be pulled: build it (compose/images/llama-server/build.sh) "
-     "or set the image name in settings"),
-    (re.compile(r"Cannot connect to the Docker daemon|docker daemon is not running|connect: no such file", re.I),
-     "dockerd is not reachable: start it (e.g. `systemctl start docker`) or check DOCKER_HOST"),
-    (re.compile(r"is unhealthy|dependency failed to start|container .* exited", re.I),
-     "a container started but never became healthy: see its logs"),
+    (
+        re.compile(r"port is already allocated|address already in use", re.I),
+        "a published port is already in use on this host: stop what holds it or change the endpoint URL's port",
+    ),
+    (
+        re.compile(
+            r"pull access denied|manifest unknown|No such image|not found: manifest|failed to resolve reference"
+            r"|no such host|dial tcp|registry-1\.docker\.io",
+            re.I,
+        ),
+        "the image is not available locally and cannot be pulled: build it (compose/images/llama-server/build.sh) "
+        "or set the image name in settings",
+    ),
+    (
+        re.compile(r"Cannot connect to the Docker daemon|docker daemon is not running|connect: no such file", re.I),
+        "dockerd is not reachable: start it (e.g. `systemctl start docker`) or check DOCKER_HOST",
+    ),
+    (
+        re.compile(r"is unhealthy|dependency failed to start|container .* exited", re.I),
+        "a container started but never became healthy: see its logs",
+    ),
 ]
 
 
@@ -192,7 +203,12 @@ class ComposeProject:
             raise ComposeError(f"compose config printed something that is not JSON: {exc}") from None
 
     def up(
-        self, services: list[str] | None = None, *, wait: bool = True, timeout: float = 300, force_recreate: bool = False
+        self,
+        services: list[str] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float = 300,
+        force_recreate: bool = False,
     ) -> float:
         """Create/start services and wait until healthy; returns the seconds it took."""
         args = ["up", "--detach", "--remove-orphans", "--pull", "missing"]

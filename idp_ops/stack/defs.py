@@ -1,25 +1,37 @@
 """Deploy assets: keys, the compose audit (a blocking gate) and the proven deployment."""
 
+from typing import Optional
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSelection,
     Config,
+    Definitions,
     Failure,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
+    Output,
     asset,
+    define_asset_job,
+    in_process_executor,
+    job,
+    load_asset_checks_from_current_module,
+    load_assets_from_current_module,
+    op,
 )
 
-from idp_ops.tables import markdown_table
+from idp_ops.resources import SettingsResource, StackResource
+from idp_ops.runs import CONTAINMENT_TAGS, STACK_EXCLUSIVE_TAG
 from idp_ops.stack.audit import BENCHMARK, AuditGateError, ComposeFileError, audit_gate
 from idp_ops.stack.compose import ComposeError
+from idp_ops.stack.deploy import ContainmentError, DeployError
 from idp_ops.stack.probe import ProbeError
 from idp_ops.stack.secrets import ensure_keys
-from idp_ops.stack.deploy import DeployError
-from idp_ops.resources import SettingsResource, StackResource
+from idp_ops.tables import markdown_table
 
 GROUP = "stack"
 
@@ -84,7 +96,9 @@ def compose_audit(context: AssetExecutionContext, settings: SettingsResource) ->
             "compose_file": MetadataValue.path(str(cfg.compose_file)),
             "benchmark": BENCHMARK,
             "findings": MetadataValue.md(
-                markdown_table([f.to_dict() for f in findings], ["severity", "service", "rule", "message"]) if findings else "No findings."
+                markdown_table([f.to_dict() for f in findings], ["severity", "service", "rule", "message"])
+                if findings
+                else "No findings."
             ),
             "high": counts["high"],
             "medium": counts["medium"],
@@ -121,7 +135,9 @@ def stack_deployment(context: AssetExecutionContext, stack: StackResource) -> Ma
     metadata = {
         "project": report.project,
         "compose_file": MetadataValue.path(report.compose_file),
-        "containers": MetadataValue.md(markdown_table(report.services, ["service", "state", "health", "image", "image_id", "ports"])),
+        "containers": MetadataValue.md(
+            markdown_table(report.services, ["service", "state", "health", "image", "image_id", "ports"])
+        ),
         "endpoints": MetadataValue.md(
             markdown_table(
                 report.endpoints,
@@ -136,3 +152,73 @@ def stack_deployment(context: AssetExecutionContext, stack: StackResource) -> Ma
         raise Failure(description="deployment not proven:\n" + "\n".join(report.problems), metadata=metadata)
     return MaterializeResult(metadata=metadata)
 
+
+# -- jobs ----------------------------------------------------------------------
+
+deploy_job = define_asset_job(
+    "deploy_job",
+    selection=AssetSelection.groups("stack"),
+    description="Generate keys, audit the compose file (blocking on high findings), bring the stack up and prove it. "
+    "Also re-arms the thermal containment latch.",
+    executor_def=in_process_executor,
+    tags=STACK_EXCLUSIVE_TAG,
+)
+
+
+class ContainmentConfig(Config):
+    reason: str = "manual containment"
+    device: Optional[str] = None
+    temperature_c: Optional[float] = None
+    sample_timestamp: Optional[str] = None
+    # Set by thermal_sensor: which episode and attempt this run is, and the last good
+    # settings to fall back to if the settings file stops loading meanwhile.
+    episode: Optional[str] = None
+    attempt: int = 1
+    settings_snapshot: Optional[str] = None
+
+
+@op(
+    description="Stop the configured GPU services, verify they stopped (retrying a failed stop), then latch "
+    "until re-armed by a deploy."
+)
+def stop_gpu_services(context: OpExecutionContext, config: ContainmentConfig, stack: StackResource):
+    reading = {
+        k: v for k, v in config.model_dump().items() if k not in ("reason", "settings_snapshot") and v is not None
+    }
+    try:
+        report = stack.contain(
+            config.reason,
+            reading,
+            log=context.log.warning,
+            settings_snapshot=config.settings_snapshot,
+            origin="containment_job",
+        )
+    except ContainmentError as exc:
+        raise Failure(description=str(exc), metadata={"reason": config.reason, "reading": reading}) from None
+    metadata = {
+        "reason": report.reason,
+        "reading": report.reading,
+        "stopped": report.stopped,
+        "still_running": report.still_running,
+        "stop_seconds": report.stop_seconds,
+        "contained_at": report.contained_at,
+        "attempts": report.attempts,
+    }
+    context.log.warning(f"contained: {report.stopped} stopped in {report.stop_seconds:.2f} s; deploy again to re-arm")
+    yield Output(report.as_dict(), metadata=metadata)
+
+
+@job(
+    executor_def=in_process_executor,
+    description="Stop the GPU service(s) before the card overheats.",
+    tags=CONTAINMENT_TAGS,
+)
+def containment_job():
+    stop_gpu_services()
+
+
+defs = Definitions(
+    assets=load_assets_from_current_module(),
+    asset_checks=load_asset_checks_from_current_module(),
+    jobs=[deploy_job, containment_job],
+)

@@ -9,11 +9,12 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
+from idp_ops.fsutil import atomic_write_json
 from idp_ops.settings import Settings
 from idp_ops.stack.audit import audit_gate
 from idp_ops.stack.compose import (
@@ -24,7 +25,6 @@ from idp_ops.stack.compose import (
     container_time,
     image_id,
 )
-from idp_ops.fsutil import atomic_write_json
 from idp_ops.stack.probe import ProbeResult, probe_endpoint, wait_until_ready
 from idp_ops.stack.secrets import read_key
 
@@ -44,7 +44,7 @@ def _quiet(_: str) -> None:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def compose_project(settings: Settings) -> ComposeProject:
@@ -79,9 +79,7 @@ def preflight(settings: Settings) -> list[str]:
     if settings.profile == "cpu":
         model = settings.models_dir / settings.cpu_model_file
         if not model.is_file():
-            problems.append(
-                f"model file {model} is missing: run `idp-ops models fetch-demo` (or set IDP_MODELS_DIR)"
-            )
+            problems.append(f"model file {model} is missing: run `idp-ops models fetch-demo` (or set IDP_MODELS_DIR)")
     for key_name in settings.key_names:
         path = settings.secrets_dir / key_name
         if not path.is_file():
@@ -168,7 +166,7 @@ def services_with_stale_keys(settings: Settings, project: ComposeProject) -> lis
         if not key_file or not service or service not in containers or not key_file.exists():
             continue
         started = container_time(containers[service], "StartedAt")
-        modified = datetime.fromtimestamp(key_file.stat().st_mtime, tz=timezone.utc)
+        modified = datetime.fromtimestamp(key_file.stat().st_mtime, tz=UTC)
         if started is not None and modified > started and service not in stale:
             stale.append(service)
     return stale

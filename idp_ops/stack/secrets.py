@@ -135,6 +135,5 @@ def _tighten(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
-
 def _write_private(path: Path, text: str) -> None:
     atomic_write_text(path, text, mode=0o600)

@@ -286,10 +286,13 @@ class ThermalPolicy:
         if (warn_hot or slowdown_bits or contain_run_hot) and not st.warned:
             reasons = []
             if warn_hot:
-                reasons.append(f"temperature {_fmt(temp)} at/above warn line {cfg.warn_c:g} C for {st.warn_run} samples")
-            if contain_run_hot:
-                if not warn_hot:
-                    reasons.append(f"temperature {_fmt(temp)} at/above contain line {line:g} C for {st.contain_run} samples")
+                reasons.append(
+                    f"temperature {_fmt(temp)} at/above warn line {cfg.warn_c:g} C for {st.warn_run} samples"
+                )
+            if contain_run_hot and not warn_hot:
+                reasons.append(
+                    f"temperature {_fmt(temp)} at/above contain line {line:g} C for {st.contain_run} samples"
+                )
             if slowdown_bits:
                 reasons.append(f"driver reports {', '.join(slowdown_bits)} at {_fmt(temp)}")
             if st.episode is None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
@@ -60,7 +60,7 @@ def rollup_day(
     that went backwards was reset (driver reload), and its new value is the
     energy since the reset.
     """
-    start = day_start.astimezone(timezone.utc)
+    start = day_start.astimezone(UTC)
     end = start + timedelta(days=1)
     con.execute("DELETE FROM thermal_hourly WHERE hour >= ? AND hour < ?", [start, end])
     base = """

@@ -271,7 +271,9 @@ def read_clocks_event_mask(reader: FieldReader, handle: Any) -> int | None:
     """Current clocks-event reasons; falls back to the pre-12.535 'throttle reasons' call."""
     nvml = reader.nvml
     if "clocks_event_reasons" not in reader.unsupported:
-        mask = reader.read("clocks_event_reasons", getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None), handle)
+        mask = reader.read(
+            "clocks_event_reasons", getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None), handle
+        )
         if mask is not None:
             return int(mask)
         if "clocks_event_reasons" not in reader.unsupported:
@@ -814,7 +816,11 @@ class CsvReplaySource:
     def _probe_row(self, cells: dict[str, str]) -> Sample:
         util, _mem_util = _cell_pair("util", cells["util"]) if "util" in cells else (None, None)
         used, total = _cell_pair("memory", cells["memory"]) if "memory" in cells else (None, None)
-        mask = _cell_int("clocks_event_reasons", cells["clocks_event_reasons"]) if "clocks_event_reasons" in cells else None
+        mask = (
+            _cell_int("clocks_event_reasons", cells["clocks_event_reasons"])
+            if "clocks_event_reasons" in cells
+            else None
+        )
         power_mw = _cell_float("power_mw", cells["power_mw"]) if "power_mw" in cells else None
 
         def opt(name: str) -> float | None:

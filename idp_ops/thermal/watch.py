@@ -32,22 +32,22 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterable
 
 import httpx
 
-from idp_ops.thermal.telemetry import CsvReplaySource, Sample, TelemetryError, TelemetrySource, open_sources
 from idp_ops.thermal.policy import Decision, PolicyConfig, ThermalPolicy
+from idp_ops.thermal.telemetry import CsvReplaySource, Sample, TelemetryError, TelemetrySource, open_sources
 
 SPOOL_PREFIX = "thermal-"
 LOST, BLIND, RECOVERED, SETTINGS, CONTAIN_FAILED = "lost", "blind", "recovered", "settings", "contain_failed"
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _is_gpu(sample: Sample) -> bool:
@@ -70,7 +70,7 @@ class Spool:
     def append(self, samples: Iterable[Sample]) -> int:
         by_day: dict[date, list[str]] = {}
         for sample in samples:
-            by_day.setdefault(sample.ts.astimezone(timezone.utc).date(), []).append(json.dumps(sample.to_dict()))
+            by_day.setdefault(sample.ts.astimezone(UTC).date(), []).append(json.dumps(sample.to_dict()))
         if not by_day:
             return 0
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -252,8 +252,13 @@ class AlertSink:
 
     def _delivery_failed(self, record: dict) -> Callable[[str], None]:
         def note(error: str) -> None:
-            failure = {"action": "webhook_failed", "key": record["key"], "origin": record["origin"],
-                       "error": error, "logged_at": _utc_now().isoformat()}
+            failure = {
+                "action": "webhook_failed",
+                "key": record["key"],
+                "origin": record["origin"],
+                "error": error,
+                "logged_at": _utc_now().isoformat(),
+            }
             with contextlib.suppress(OSError):  # nowhere left to report it; the alert itself is logged
                 _append_lines(self.log_path, [json.dumps(failure)])
 
@@ -365,8 +370,16 @@ def _condition(state: WatchState, device: str, kind: str, active: bool, reason: 
         return [Decision(ts, device, kind, None, reason, f"{device}-{state.epoch}-{kind}{n}")]
     if not active and current is not None:
         del state.conditions[key]
-        return [Decision(ts, device, RECOVERED, None, f"{kind} since {current['since']} is over",
-                         f"{device}-{state.epoch}-{kind}{current['n']}")]
+        return [
+            Decision(
+                ts,
+                device,
+                RECOVERED,
+                None,
+                f"{kind} since {current['since']} is over",
+                f"{device}-{state.epoch}-{kind}{current['n']}",
+            )
+        ]
     return []
 
 
@@ -408,9 +421,7 @@ def watch_tick(
                 break
             rows.extend(row)
             state.replay_index += 1
-        samples.extend(
-            replace(row, ts=stamp - timedelta(milliseconds=len(rows) - 1 - i)) for i, row in enumerate(rows)
-        )
+        samples.extend(replace(row, ts=stamp - timedelta(milliseconds=len(rows) - 1 - i)) for i, row in enumerate(rows))
     thresholds = [t for source in sources for t in source.thresholds()]
     if replay is not None:
         thresholds += replay.thresholds()
@@ -427,8 +438,12 @@ def watch_tick(
     for sample in samples:
         if _is_gpu(sample) and sample.device in state.gpus_seen:
             decisions += _condition(
-                state, sample.device, BLIND, sample.temperature_c is None,
-                f"{sample.device} answers but its temperature cannot be read: the watch is blind to it", stamp,
+                state,
+                sample.device,
+                BLIND,
+                sample.temperature_c is None,
+                f"{sample.device} answers but its temperature cannot be read: the watch is blind to it",
+                stamp,
             )
     decisions += _condition(state, "settings", SETTINGS, settings_problem is not None, settings_problem or "", stamp)
 
@@ -493,7 +508,10 @@ def mark_failed(result: TickResult, request: ContainRequest, why: str, now: date
     """Alert one failed attempt and make the request the next attempt (a new run key)."""
     result.decisions.append(
         Decision(
-            now, request.device, CONTAIN_FAILED, request.decision.temperature_c,
+            now,
+            request.device,
+            CONTAIN_FAILED,
+            request.decision.temperature_c,
             f"containment attempt {request.attempt} for {request.episode} {why}; "
             f"trying again (attempt {request.attempt + 1})",
             request.episode,
@@ -535,8 +553,12 @@ def alert_failed_attempt(settings, reading: dict, origin: str) -> Callable[[int,
 
     def alert(attempt: int, error: str) -> None:
         decision = Decision(
-            _utc_now(), reading.get("device") or "gpu", CONTAIN_FAILED, reading.get("temperature_c"),
-            f"stop attempt {attempt} of containment attempt {run_attempt} failed, retrying: {error}", episode,
+            _utc_now(),
+            reading.get("device") or "gpu",
+            CONTAIN_FAILED,
+            reading.get("temperature_c"),
+            f"stop attempt {attempt} of containment attempt {run_attempt} failed, retrying: {error}",
+            episode,
         )
         sink.emit(decision, origin=origin, key=f"{episode}:{CONTAIN_FAILED}:{run_attempt}.{attempt}")
 
@@ -623,14 +645,21 @@ def run_guard(
             sources, skipped = live.current() if live else ([], [])
             try:
                 result = watch_tick(
-                    sources, PolicyConfig.from_thresholds(thermal), state,
-                    latch=read_latch(settings), replay=replay, replay_rows=thermal.replay_rows_per_tick,
-                    skipped=skipped, settings_problem=settings_problem,
+                    sources,
+                    PolicyConfig.from_thresholds(thermal),
+                    state,
+                    latch=read_latch(settings),
+                    replay=replay,
+                    replay_rows=thermal.replay_rows_per_tick,
+                    skipped=skipped,
+                    settings_problem=settings_problem,
                 )
                 state = result.state
                 for request in result.to_contain:
-                    log(f"CONTAIN {request.device} at {request.decision.temperature_c} °C "
-                        f"(attempt {request.attempt}): {request.decision.reason}")
+                    log(
+                        f"CONTAIN {request.device} at {request.decision.temperature_c} °C "
+                        f"(attempt {request.attempt}): {request.decision.reason}"
+                    )
                     try:
                         contain(request)
                         state.pending.pop(request.episode, None)
@@ -639,8 +668,10 @@ def run_guard(
                         log(f"containment attempt {request.attempt} {why}")
                         mark_failed(result, request, why, _utc_now())
                 problems = record_tick(
-                    result, Spool(settings.thermal_spool_dir),
-                    AlertSink(settings.alerts_log, thermal.webhook_url, thermal.webhook_timeout_s), origin="guard",
+                    result,
+                    Spool(settings.thermal_spool_dir),
+                    AlertSink(settings.alerts_log, thermal.webhook_url, thermal.webhook_timeout_s),
+                    origin="guard",
                 )
                 for line in result.notes + problems:
                     log(line)

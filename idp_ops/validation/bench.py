@@ -34,9 +34,10 @@ import random
 import secrets
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -137,7 +138,12 @@ class ScenarioResult:
 
     @classmethod
     def from_samples(
-        cls, scenario: str, concurrency: int, samples: list[RequestSample], wall_s: float, poisson_rate: float | None = None
+        cls,
+        scenario: str,
+        concurrency: int,
+        samples: list[RequestSample],
+        wall_s: float,
+        poisson_rate: float | None = None,
     ) -> ScenarioResult:
         good = [s for s in samples if s.ok]
         errors: dict[str, int] = {}
@@ -431,7 +437,7 @@ async def stream_request(
         headers["Authorization"] = f"Bearer {key}"
     sample = RequestSample(
         index=index,
-        started_at=datetime.now(timezone.utc),
+        started_at=datetime.now(UTC),
         concurrency=concurrency,
         scenario=scenario,
         max_tokens=max_tokens,
@@ -507,9 +513,7 @@ async def stream_request(
 
 
 async def wait_ready(client: httpx.AsyncClient, url: str, ready_timeout_s: float, progress: Progress) -> float:
-    """Poll ``/health`` with backoff; 502/503/504 and refused connections mean "not ready yet".
-
-    """
+    """Poll ``/health`` with backoff; 502/503/504 and refused connections mean "not ready yet"."""
     start = time.monotonic()
     delay = 0.2
     last = "no answer"
@@ -587,7 +591,9 @@ def _problems(report_scenarios: list[ScenarioResult], decode_tokens: int, timeou
             problems.append(f"{kinds['http_5xx']} requests answered with a server error (5xx)")
         if "malformed_sse" in kinds:
             problems.append(f"{kinds['malformed_sse']} streams were not valid server-sent events")
-    short = [s for s in samples if s.ok and s.output_tokens is not None and s.max_tokens and s.output_tokens != s.max_tokens]
+    short = [
+        s for s in samples if s.ok and s.output_tokens is not None and s.max_tokens and s.output_tokens != s.max_tokens
+    ]
     if short:
         problems.append(
             f"{len(short)} requests returned a different number of tokens than requested "
@@ -641,7 +647,7 @@ async def run_benchmark(
         raise BenchError(f"sweep levels must be >= 1, got {list(sweep)}")
     if decode_tokens < 2 or ttft_max_tokens < 1 or sweep_tokens < 1:
         raise BenchError("decode_tokens must be >= 2 (decode rate needs two tokens), other lengths >= 1")
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     clock = time.perf_counter()
     nonce = secrets.token_hex(4)
     rng = random.Random(seed)
@@ -785,7 +791,9 @@ def summary_lines(report: BenchReport) -> list[str]:
 
     for scenario in (report.warm_ttft, report.decode):
         lines.append(f" {scenario.scenario} (ms):")
-        lines += [row(metric.removesuffix("_ms").upper(), scenario.percentiles[metric]) for metric in PERCENTILE_METRICS]
+        lines += [
+            row(metric.removesuffix("_ms").upper(), scenario.percentiles[metric]) for metric in PERCENTILE_METRICS
+        ]
     server = f" (server says {report.server_decode_tok_s:.1f})" if report.server_decode_tok_s else ""
     decode = f"{report.decode_tok_s:.1f}" if report.decode_tok_s else "n/a"
     lines.append(f" single-stream decode: {decode} tok/s{server}")
@@ -794,7 +802,7 @@ def summary_lines(report: BenchReport) -> list[str]:
         for s in report.sweep:
             p = s.percentiles
 
-            def get(metric: str, q: str) -> str:
+            def get(metric: str, q: str, p: dict = p) -> str:
                 value = p[metric].get(q)
                 return f"{value:>8.1f}" if value is not None else f"{'-':>8}"
 

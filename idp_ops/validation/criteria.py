@@ -16,9 +16,9 @@ from datetime import date
 
 import duckdb
 
-from idp_ops.settings import Endpoint
 from idp_ops.physics.ceilings import EndpointCeiling
 from idp_ops.physics.formulas import criterion_status
+from idp_ops.settings import Endpoint
 
 CRITERIA = ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced", "gpu_utilization")
 
@@ -64,7 +64,9 @@ def evaluate(
 
     def latency(name: str, measured: float | None, threshold: float | None) -> None:
         if threshold is None:
-            results.append(CriterionResult(endpoint.name, name, "not judged", measured, None, "ms", message="no threshold set"))
+            results.append(
+                CriterionResult(endpoint.name, name, "not judged", measured, None, "ms", message="no threshold set")
+            )
             return
         status = criterion_status(measured, threshold, None, higher_is_better=False)
         message = "no successful request" if measured is None else f"{measured:.1f} ms vs < {threshold:g} ms"
@@ -83,7 +85,11 @@ def evaluate(
         message = (
             f"threshold {criteria.decode_tok_s_min:g} tok/s is above the physics ceiling {top:.1f} tok/s"
             if status == "unattainable"
-            else ("no successful decode" if measured is None else f"{measured:.1f} tok/s vs >= {criteria.decode_tok_s_min:g}")
+            else (
+                "no successful decode"
+                if measured is None
+                else f"{measured:.1f} tok/s vs >= {criteria.decode_tok_s_min:g}"
+            )
         )
     if measured is not None and top is not None and measured > top * 1.02:
         # Physics cannot be beaten: the ceiling's inputs (bandwidth, bytes) are wrong.
@@ -93,47 +99,110 @@ def evaluate(
         message += f" (ceiling {top:.1f} tok/s from {ceiling.bandwidth_source} {ceiling.bandwidth_gbs:g} GB/s"
         message += f", efficiency {efficiency:.0%})" if efficiency is not None else ")"
     results.append(
-        CriterionResult(endpoint.name, "decode_throughput", status, measured, criteria.decode_tok_s_min, "tok/s",
-                        ceiling=top, efficiency=efficiency, message=message)
+        CriterionResult(
+            endpoint.name,
+            "decode_throughput",
+            status,
+            measured,
+            criteria.decode_tok_s_min,
+            "tok/s",
+            ceiling=top,
+            efficiency=efficiency,
+            message=message,
+        )
     )
 
     scenario = _at_concurrency(report, criteria.concurrency)
     if scenario is None:
-        results.append(CriterionResult(endpoint.name, "success_at_concurrency", "no data", None,
-                                       criteria.success_rate_min, "ratio", message="no sweep at or below the concurrency"))
+        results.append(
+            CriterionResult(
+                endpoint.name,
+                "success_at_concurrency",
+                "no data",
+                None,
+                criteria.success_rate_min,
+                "ratio",
+                message="no sweep at or below the concurrency",
+            )
+        )
     else:
         ok = scenario.success_rate >= criteria.success_rate_min
         results.append(
             CriterionResult(
-                endpoint.name, "success_at_concurrency", "passed" if ok else "failed", scenario.success_rate,
-                criteria.success_rate_min, "ratio",
+                endpoint.name,
+                "success_at_concurrency",
+                "passed" if ok else "failed",
+                scenario.success_rate,
+                criteria.success_rate_min,
+                "ratio",
                 message=f"{scenario.success_rate:.0%} of requests succeeded at {scenario.concurrency} concurrent "
                 f"(aggregate {scenario.aggregate_output_tok_s:.1f} tok/s)",
             )
         )
 
     if endpoint.key_name is None:
-        results.append(CriterionResult(endpoint.name, "auth_enforced", "failed", None, None, "status",
-                                       message="no key configured: anyone who reaches the port can use it"))
+        results.append(
+            CriterionResult(
+                endpoint.name,
+                "auth_enforced",
+                "failed",
+                None,
+                None,
+                "status",
+                message="no key configured: anyone who reaches the port can use it",
+            )
+        )
     else:
         rejected = unauthenticated_status in (401, 403)
         results.append(
-            CriterionResult(endpoint.name, "auth_enforced", "passed" if rejected else "failed",
-                            unauthenticated_status, 401, "status",
-                            message=f"a request without the key answered {unauthenticated_status}")
+            CriterionResult(
+                endpoint.name,
+                "auth_enforced",
+                "passed" if rejected else "failed",
+                unauthenticated_status,
+                401,
+                "status",
+                message=f"a request without the key answered {unauthenticated_status}",
+            )
         )
 
     if not endpoint.gpu or criteria.gpu_utilization_min_pct is None:
-        results.append(CriterionResult(endpoint.name, "gpu_utilization", "not judged", gpu_utilization_pct,
-                                       criteria.gpu_utilization_min_pct, "%", message="no GPU criterion for this endpoint"))
+        results.append(
+            CriterionResult(
+                endpoint.name,
+                "gpu_utilization",
+                "not judged",
+                gpu_utilization_pct,
+                criteria.gpu_utilization_min_pct,
+                "%",
+                message="no GPU criterion for this endpoint",
+            )
+        )
     elif not gpu_measured:
-        results.append(CriterionResult(endpoint.name, "gpu_utilization", "not judged", None,
-                                       criteria.gpu_utilization_min_pct, "%", message="no NVML on this host"))
+        results.append(
+            CriterionResult(
+                endpoint.name,
+                "gpu_utilization",
+                "not judged",
+                None,
+                criteria.gpu_utilization_min_pct,
+                "%",
+                message="no NVML on this host",
+            )
+        )
     else:
         status = criterion_status(gpu_utilization_pct, criteria.gpu_utilization_min_pct, 100.0, higher_is_better=True)
-        results.append(CriterionResult(endpoint.name, "gpu_utilization", status, gpu_utilization_pct,
-                                       criteria.gpu_utilization_min_pct, "%",
-                                       message=f"mean {gpu_utilization_pct}% during the benchmark"))
+        results.append(
+            CriterionResult(
+                endpoint.name,
+                "gpu_utilization",
+                status,
+                gpu_utilization_pct,
+                criteria.gpu_utilization_min_pct,
+                "%",
+                message=f"mean {gpu_utilization_pct}% during the benchmark",
+            )
+        )
     return results
 
 
@@ -199,16 +268,34 @@ def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceilin
         con.execute(
             "INSERT INTO bench_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                night, report.endpoint, report.protocol, report.url, report.model, report.started_at,
-                report.decode_tok_s, report.server_decode_tok_s,
-                _p(report, "warm_ttft", "ttft_ms", "p50"), _p(report, "warm_ttft", "ttft_ms", "p95"),
-                _p(report, "decode", "itl_ms", "p50"), _p(report, "decode", "tpot_ms", "p50"),
+                night,
+                report.endpoint,
+                report.protocol,
+                report.url,
+                report.model,
+                report.started_at,
+                report.decode_tok_s,
+                report.server_decode_tok_s,
+                _p(report, "warm_ttft", "ttft_ms", "p50"),
+                _p(report, "warm_ttft", "ttft_ms", "p95"),
+                _p(report, "decode", "itl_ms", "p50"),
+                _p(report, "decode", "tpot_ms", "p50"),
                 _p(report, "decode", "e2e_ms", "p50"),
-                top.concurrency if top else None, top.success_rate if top else None,
-                top.aggregate_output_tok_s if top else None, ceiling_tok_s,
+                top.concurrency if top else None,
+                top.success_rate if top else None,
+                top.aggregate_output_tok_s if top else None,
+                ceiling_tok_s,
                 json.dumps(report.errors_by_kind, sort_keys=True),
-                json.dumps([{"concurrency": s.concurrency, "success_rate": s.success_rate,
-                             "aggregate_tok_s": s.aggregate_output_tok_s} for s in report.sweep]),
+                json.dumps(
+                    [
+                        {
+                            "concurrency": s.concurrency,
+                            "success_rate": s.success_rate,
+                            "aggregate_tok_s": s.aggregate_output_tok_s,
+                        }
+                        for s in report.sweep
+                    ]
+                ),
                 report.ok,
             ],
         )
@@ -216,9 +303,23 @@ def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceilin
         for scenario in [report.warm_ttft, report.decode, *report.sweep]:
             for sample in scenario.samples:
                 itl = statistics.median(sample.itl_ms) if sample.itl_ms else None
-                rows.append([night, report.endpoint, scenario.scenario, scenario.concurrency, sample.index,
-                             sample.started_at, sample.ttft_ms, sample.e2e_ms, sample.tpot_ms, itl,
-                             sample.output_tokens, sample.status, sample.error])
+                rows.append(
+                    [
+                        night,
+                        report.endpoint,
+                        scenario.scenario,
+                        scenario.concurrency,
+                        sample.index,
+                        sample.started_at,
+                        sample.ttft_ms,
+                        sample.e2e_ms,
+                        sample.tpot_ms,
+                        itl,
+                        sample.output_tokens,
+                        sample.status,
+                        sample.error,
+                    ]
+                )
         if rows:
             con.executemany("INSERT INTO bench_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         con.execute("COMMIT")
@@ -231,7 +332,18 @@ def record_load_test(con: duckdb.DuckDBPyConnection, night: date, endpoint: str,
     con.execute("DELETE FROM load_tests WHERE night = ? AND endpoint = ?", [night, endpoint])
     con.execute(
         "INSERT INTO load_tests VALUES (?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [night, endpoint, result.users, result.run_time_s, result.requests, result.failures, result.server_errors,
-         result.rps, result.p50_ms, result.p95_ms,
-         json.dumps(result.failures_by_status, sort_keys=True), result.ok],
+        [
+            night,
+            endpoint,
+            result.users,
+            result.run_time_s,
+            result.requests,
+            result.failures,
+            result.server_errors,
+            result.rps,
+            result.p50_ms,
+            result.p95_ms,
+            json.dumps(result.failures_by_status, sort_keys=True),
+            result.ok,
+        ],
     )

@@ -185,7 +185,9 @@ def run_locust(
     deadline = run_time + stop_timeout_s + (timeout_s or 120) + 60
     started = time.monotonic()
     try:
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=deadline, stdin=subprocess.DEVNULL)
+        completed = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=deadline, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired as exc:
         tail = _tail(exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode("utf-8", "replace"))
         raise LoadTestError(f"locust did not finish within {deadline:.0f} s; stderr tail:\n{tail}") from None

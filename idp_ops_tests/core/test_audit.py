@@ -122,11 +122,21 @@ BAD_CASES = [
         "/run/docker.sock",
     ),
     ("env-list-interpolated", {"environment": ["VLLM_API_KEY=${VLLM_API_KEY}"]}, "IDP-SECRET-ENV", "VLLM_API_KEY"),
-    ("env-mapping-interpolated", {"environment": {"VLLM_API_KEY": "${VLLM_API_KEY}"}}, "IDP-SECRET-ENV", "VLLM_API_KEY"),
+    (
+        "env-mapping-interpolated",
+        {"environment": {"VLLM_API_KEY": "${VLLM_API_KEY}"}},
+        "IDP-SECRET-ENV",
+        "VLLM_API_KEY",
+    ),
     ("env-mapping-literal", {"environment": {"HF_TOKEN": "hf_literal"}}, "IDP-SECRET-ENV", "HF_TOKEN"),
     ("env-literal-key-value", {"environment": {"OPENAI_BASE": SECRET}}, "IDP-SECRET-ENV", "OPENAI_BASE"),
     # 64 hex digits is what `secrets generate` writes: still a key, unlike a 40-hex revision.
-    ("env-literal-64-hex", {"environment": {"UPSTREAM_AUTH": "0123456789abcdef" * 4}}, "IDP-SECRET-ENV", "UPSTREAM_AUTH"),
+    (
+        "env-literal-64-hex",
+        {"environment": {"UPSTREAM_AUTH": "0123456789abcdef" * 4}},
+        "IDP-SECRET-ENV",
+        "UPSTREAM_AUTH",
+    ),
     ("env_file-secrets", {"env_file": "./secrets/api-keys.env"}, "IDP-SECRET-ENV", "./secrets/api-keys.env"),
     (
         "env_file-long",
@@ -249,12 +259,27 @@ ROOT_EQUIVALENT_CASES = [
     ("label-disable-colon", {"security_opt": [NNP, "label:disable"]}, "CIS-5.3", "label:disable"),
     ("label-disable-equals", {"security_opt": [NNP, "label=disable"]}, "CIS-5.3", "label=disable"),
     ("label-spc_t", {"security_opt": [NNP, "label=type:spc_t"]}, "CIS-5.3", "label=type:spc_t"),
-    ("systempaths-equals", {"security_opt": [NNP, "systempaths=unconfined"]}, "IDP-SYSTEMPATHS", "systempaths=unconfined"),
-    ("systempaths-colon", {"security_opt": [NNP, "systempaths:unconfined"]}, "IDP-SYSTEMPATHS", "systempaths:unconfined"),
+    (
+        "systempaths-equals",
+        {"security_opt": [NNP, "systempaths=unconfined"]},
+        "IDP-SYSTEMPATHS",
+        "systempaths=unconfined",
+    ),
+    (
+        "systempaths-colon",
+        {"security_opt": [NNP, "systempaths:unconfined"]},
+        "IDP-SYSTEMPATHS",
+        "systempaths:unconfined",
+    ),
     ("userns_mode-host", {"userns_mode": "host"}, "CIS-5.31", "userns_mode: host"),
     ("uts-host", {"uts": "host"}, "CIS-5.21", "uts: host"),
     ("cgroup-host", {"cgroup": "host"}, "IDP-CGROUP-HOST", "cgroup: host"),
-    ("pid-host-interpolated", {"pid": "${IDP_PID_MODE:-host}"}, "CIS-5.16", "pid: ${IDP_PID_MODE:-host} (resolves to host)"),
+    (
+        "pid-host-interpolated",
+        {"pid": "${IDP_PID_MODE:-host}"},
+        "CIS-5.16",
+        "pid: ${IDP_PID_MODE:-host} (resolves to host)",
+    ),
     ("propagation-short-rshared", {"volumes": ["/mnt/models:/models:ro,rshared"]}, "CIS-5.20", "rshared propagation"),
     ("propagation-short-shared", {"volumes": ["/srv/data:/data:shared"]}, "CIS-5.20", "'/srv/data:/data:shared'"),
     (
@@ -355,7 +380,7 @@ NOT_FLAGGED = [
             ]
         },
     ),
-    ("escaped-dollar-name", {"healthcheck.test": ["CMD-SHELL", "test -n \"$$VLLM_API_KEY\""]}),
+    ("escaped-dollar-name", {"healthcheck.test": ["CMD-SHELL", 'test -n "$$VLLM_API_KEY"']}),
     (
         "harmless-env",
         {
@@ -383,7 +408,10 @@ NOT_FLAGGED = [
     ("user-interpolated", {"user": "${IDP_SERVICE_UID:-65534}:${IDP_SERVICE_GID:-65534}"}),
     ("user-name", {"user": "rootless"}),
     ("models-interpolated-ro", {"volumes": ["${IDP_MODELS_DIR:?IDP_MODELS_DIR must be set}/llama:/models:ro"]}),
-    ("models-long-ro", {"volumes": [{"type": "bind", "source": "/mnt/models", "target": "/models", "read_only": True}]}),
+    (
+        "models-long-ro",
+        {"volumes": [{"type": "bind", "source": "/mnt/models", "target": "/models", "read_only": True}]},
+    ),
     ("tmpfs-volume", {"volumes": [{"type": "tmpfs", "target": "/models-cache"}, "/mnt/models:/models:ro"]}),
     ("read_only-interpolated", {"read_only": "${IDP_READ_ONLY:-true}"}),
     ("logging-syslog", {"logging": {"driver": "syslog"}}),
@@ -400,7 +428,16 @@ NOT_FLAGGED = [
     ("max-tokens-env-list", {"environment": ["MAX_TOKENS=512", "NUM_TOKENS=8", "TOKENS_PER_SECOND=40"]}),
     (
         "max-tokens-command",
-        {"command": ["--max-tokens", "${MAX_TOKENS:-512}", "--max-new-token", "256", "--max-num-batched-tokens", "4096"]},
+        {
+            "command": [
+                "--max-tokens",
+                "${MAX_TOKENS:-512}",
+                "--max-new-token",
+                "256",
+                "--max-num-batched-tokens",
+                "4096",
+            ]
+        },
     ),
     ("max-tokens-healthcheck", {"healthcheck.test": ["CMD-SHELL", "probe --max-tokens $${MAX_TOKENS} ${MAX_TOKENS}"]}),
     # Not root-equivalent.
@@ -553,7 +590,7 @@ def test_missing_file(tmp_path):
 
 def test_yaml_syntax_error_reports_line(tmp_path):
     path = tmp_path / "docker-compose.yml"
-    path.write_text("services:\n  svc:\n    image: x\n    ports: [\"8000\"\n  other: {}\n")
+    path.write_text('services:\n  svc:\n    image: x\n    ports: ["8000"\n  other: {}\n')
     with pytest.raises(ComposeFileError, match=r"line \d+") as info:
         load_compose_file(path)
     assert str(path) in str(info.value)

@@ -229,7 +229,10 @@ def test_include_is_relative_to_the_including_file_and_nests(tmp_path):
 
 def test_included_relative_mounts_resolve_against_the_included_file(tmp_path):
     part_dir = tmp_path / "a" / "b" / "c"
-    write(part_dir / "part.yml", {"services": {"p": {**HARDENED, "volumes": [f"{os.path.relpath('/', part_dir)}:/host:ro"]}}})
+    write(
+        part_dir / "part.yml",
+        {"services": {"p": {**HARDENED, "volumes": [f"{os.path.relpath('/', part_dir)}:/host:ro"]}}},
+    )
     path = write(tmp_path / "docker-compose.yml", {"include": ["a/b/c/part.yml"], "services": {"main": HARDENED}})
     (finding,) = audit_compose_file(path)
     assert (finding.service, finding.rule) == ("p", "CIS-5.6") and "root filesystem" in finding.message
@@ -322,8 +325,8 @@ def test_gate_on_a_file_that_cannot_be_read(tmp_path):
 def test_compose_audit_asset_runs_the_gate_with_the_settings_values(tmp_path):
     from dagster import materialize
 
-    from idp_ops.stack.defs import compose_audit
     from idp_ops.resources import SettingsResource
+    from idp_ops.stack.defs import compose_audit
 
     config = settings_file(tmp_path, service_uid=1000, service_gid=1000, models_dir="/boot/llm-models")
     result = materialize(

@@ -131,7 +131,8 @@ def test_a_symlink_leading_out_of_the_store_is_refused_with_a_clear_error(store,
     (store / "escape").symlink_to("../other-disk")
     (store / "llama" / "latest.gguf").symlink_to("model-00001.gguf")  # inside: fine
     assert links_leaving(store, build_manifest(store).manifest.links) == [
-        f"big.gguf -> {elsewhere / 'big.gguf'}", "escape -> ../other-disk",
+        f"big.gguf -> {elsewhere / 'big.gguf'}",
+        "escape -> ../other-disk",
     ]
 
     report = run_backup(store, dest)
@@ -150,7 +151,10 @@ def cli(*args: str, config: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_") and k != "DAGSTER_HOME"}
     return subprocess.run(
         [sys.executable, "-m", "idp_ops.cli", "--config", str(config), *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -164,7 +168,10 @@ def test_idp_ops_backup_on_an_unmounted_models_disk_exits_1_and_keeps_every_snap
     try:
         make_store(models)
         config = write_settings(
-            tmp_path / "idp-ops.yaml", home=tmp_path / "home", models_dir=models, backups_dir=dest,
+            tmp_path / "idp-ops.yaml",
+            home=tmp_path / "home",
+            models_dir=models,
+            backups_dir=dest,
             backup={"keep_snapshots": 1, "keep_weekly": 0, "keep_monthly": 0},
         )
         made = []

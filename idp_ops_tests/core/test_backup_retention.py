@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,7 +18,7 @@ def weekly_sundays(first: datetime, count: int) -> list[str]:
 
 
 def test_a_year_of_sunday_backups_keeps_4_last_8_weekly_and_12_monthly():
-    names = weekly_sundays(datetime(2024, 1, 7, 3, 0, tzinfo=timezone.utc), 53)  # every Sunday of 2024, 03:00
+    names = weekly_sundays(datetime(2024, 1, 7, 3, 0, tzinfo=UTC), 53)  # every Sunday of 2024, 03:00
     assert names[-1] == "20250105T030000Z"
 
     kept = retention(names, last=4, weekly=8, monthly=12)
@@ -28,9 +28,19 @@ def test_a_year_of_sunday_backups_keeps_4_last_8_weekly_and_12_monthly():
     assert kept[names[-1]] == ["last 1", "weekly 2025-W01", "monthly 2025-01"]
     assert kept[names[-5]] == ["weekly 2024-W49"]
     # ... and the last Sunday of each of the 11 months before January 2025.
-    month_ends = {"20241229T030000Z", "20241124T030000Z", "20241027T030000Z", "20240929T030000Z",
-                  "20240825T030000Z", "20240728T030000Z", "20240630T030000Z", "20240526T030000Z",
-                  "20240428T030000Z", "20240331T030000Z", "20240225T030000Z"}
+    month_ends = {
+        "20241229T030000Z",
+        "20241124T030000Z",
+        "20241027T030000Z",
+        "20240929T030000Z",
+        "20240825T030000Z",
+        "20240728T030000Z",
+        "20240630T030000Z",
+        "20240526T030000Z",
+        "20240428T030000Z",
+        "20240331T030000Z",
+        "20240225T030000Z",
+    }
     assert {n for n, why in kept.items() if any(w.startswith("monthly") for w in why)} == month_ends | {names[-1]}
     # 8 weekly + 12 monthly, of which Jan 5, Dec 29 and Nov 24 are both.
     assert len(kept) == 8 + 12 - 3
@@ -41,14 +51,14 @@ def test_a_year_of_sunday_backups_keeps_4_last_8_weekly_and_12_monthly():
 
 def test_weeks_and_months_without_a_snapshot_do_not_count_as_in_restic():
     # A box that was off from March to June: the 3 monthly slots go to the months that have snapshots.
-    names = [name(datetime(2024, m, d, 3, tzinfo=timezone.utc)) for m, d in ((1, 7), (1, 28), (2, 11), (7, 7), (7, 14))]
+    names = [name(datetime(2024, m, d, 3, tzinfo=UTC)) for m, d in ((1, 7), (1, 28), (2, 11), (7, 7), (7, 14))]
     kept = retention(names, last=1, weekly=0, monthly=3)
     assert sorted(kept) == ["20240128T030000Z", "20240211T030000Z", "20240714T030000Z"]
     assert kept["20240714T030000Z"] == ["last 1", "monthly 2024-07"]
 
 
 def test_the_newest_of_each_bucket_is_kept_and_several_runs_a_week_collapse():
-    base = datetime(2025, 3, 3, 3, tzinfo=timezone.utc)  # a Monday
+    base = datetime(2025, 3, 3, 3, tzinfo=UTC)  # a Monday
     names = [name(base + timedelta(days=d)) for d in range(14)]  # two ISO weeks, daily
     kept = retention(names, last=1, weekly=2, monthly=0)
     assert sorted(kept) == [name(base + timedelta(days=6)), name(base + timedelta(days=13))]  # the two Sundays
@@ -56,7 +66,7 @@ def test_the_newest_of_each_bucket_is_kept_and_several_runs_a_week_collapse():
 
 def test_iso_weeks_cross_the_new_year_and_same_second_names_sort_after_the_plain_one():
     assert snapshot_key("20250105T030000Z-2") > snapshot_key("20250105T030000Z")
-    assert snapshot_time("20250105T030000Z-2") == datetime(2025, 1, 5, 3, tzinfo=timezone.utc)
+    assert snapshot_time("20250105T030000Z-2") == datetime(2025, 1, 5, 3, tzinfo=UTC)
     # 2024-12-30 (Monday) is ISO week 2025-W01, like 2025-01-05 (Sunday): one bucket.
     names = ["20241230T030000Z", "20250105T030000Z", "20250105T030000Z-2"]
     kept = retention(names, last=1, weekly=5, monthly=0)

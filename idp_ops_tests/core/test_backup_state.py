@@ -16,9 +16,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from idp_ops.backup.state import STATE, StateSources, settings_file_in_use
 from idp_ops.backup.manifest import MANIFEST_NAME, build_manifest, load_manifest, verify
 from idp_ops.backup.snapshots import SNAPSHOTS, RestoreError, backup, list_snapshots, restore_state
+from idp_ops.backup.state import STATE, StateSources, settings_file_in_use
 from idp_ops_tests.conftest import write_settings
 
 from .test_manifest import make_store
@@ -52,14 +52,19 @@ def box(tmp_path):
     # Rows still in the write-ahead log (a writer that died before a checkpoint): a byte copy of
     # the .duckdb file alone does not hold them; a consistent copy must.
     subprocess.run(
-        [sys.executable, "-c", (
-            "import duckdb, os, sys\n"
-            "con = duckdb.connect(sys.argv[1])\n"
-            "con.execute('CREATE TABLE backup_runs (run_id VARCHAR PRIMARY KEY, ok BOOLEAN)')\n"
-            "con.execute('CHECKPOINT')\n"
-            "con.execute(\"INSERT INTO backup_runs SELECT 'run-' || i, true FROM range(500) t(i)\")\n"
-            "os._exit(0)\n"
-        ), str(history)],
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, os, sys\n"
+                "con = duckdb.connect(sys.argv[1])\n"
+                "con.execute('CREATE TABLE backup_runs (run_id VARCHAR PRIMARY KEY, ok BOOLEAN)')\n"
+                "con.execute('CHECKPOINT')\n"
+                "con.execute(\"INSERT INTO backup_runs SELECT 'run-' || i, true FROM range(500) t(i)\")\n"
+                "os._exit(0)\n"
+            ),
+            str(history),
+        ],
         check=True,
     )
     assert Path(f"{history}.wal").exists()
@@ -97,7 +102,12 @@ def test_the_snapshot_holds_every_part_verified_with_modes_kept_and_no_key_in_an
     report = run(store, dest, sources, log=lines.append)
 
     assert report.status == "ok", report.message
-    assert report.state["parts"] == {"settings": "copied", "secrets": "copied", "history": "copied", "dagster": "copied"}
+    assert report.state["parts"] == {
+        "settings": "copied",
+        "secrets": "copied",
+        "history": "copied",
+        "dagster": "copied",
+    }
     state = snap_state(dest, report.snapshot)
     assert mode(state) == 0o700
     # Settings: the file itself, its mode kept.
@@ -106,7 +116,9 @@ def test_the_snapshot_holds_every_part_verified_with_modes_kept_and_no_key_in_an
     # Secrets: 0700 directory, 0600 keys, same bytes; never in a log line or the report.
     assert mode(state / "secrets") == 0o700
     for key in sources.secrets_dir.iterdir():
-        assert (state / "secrets" / key.name).read_bytes() == key.read_bytes() and mode(state / "secrets" / key.name) == 0o600
+        assert (state / "secrets" / key.name).read_bytes() == key.read_bytes() and mode(
+            state / "secrets" / key.name
+        ) == 0o600
     assert not any(KEY in line for line in lines) and KEY not in json.dumps(report.as_dict())
     assert KEY not in (dest / SNAPSHOTS / report.snapshot / "backup.json").read_text()
     # History: every row, the ones in the WAL too, in one self-contained file; the original untouched.
@@ -128,7 +140,9 @@ def test_the_snapshot_holds_every_part_verified_with_modes_kept_and_no_key_in_an
     assert (state / "dagster" / "schedules" / "schedules.db").is_file()
     # The state's own manifest: verify and sha256sum accept it; state.json says what each part is.
     assert verify(state, state / MANIFEST_NAME).ok
-    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=state, capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=state, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     info = json.loads((state / "state.json").read_text())
     assert info["parts"]["history"]["tables"] == {"main.backup_runs": 500}
@@ -144,7 +158,12 @@ def test_absent_parts_are_recorded_and_a_part_that_cannot_be_copied_fails_the_ru
     report = run(store, dest, partial)
 
     assert report.status == "failed" and report.snapshot is not None and report.pruned == []
-    assert report.state["parts"] == {"settings": "absent", "secrets": "failed", "history": "copied", "dagster": "absent"}
+    assert report.state["parts"] == {
+        "settings": "absent",
+        "secrets": "failed",
+        "history": "copied",
+        "dagster": "absent",
+    }
     assert "linked_key is a symlink" in report.state["errors"][0] and "STATE NOT BACKED UP" in report.message
     state = snap_state(dest, report.snapshot)
     assert not (state / "secrets").exists() and (state / "history" / "history.duckdb").is_file()
@@ -187,14 +206,18 @@ def test_into_a_directory_and_a_bad_copy_is_refused_before_anything_is_written(b
     out = restore_state(dest, {"settings": None, "dagster": None}, into=into)
 
     assert [p["target"] for p in out.parts] == [str(into / "idp-ops.yaml"), str(into / "dagster_home")]
-    assert (into / "idp-ops.yaml").read_text() == sources.settings_file.read_text() and mode(into / "idp-ops.yaml") == 0o640
+    assert (into / "idp-ops.yaml").read_text() == sources.settings_file.read_text() and mode(
+        into / "idp-ops.yaml"
+    ) == 0o640
     with sqlite3.connect(into / "dagster_home" / "history" / "runs.db") as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
 
     key_copy = snap_state(dest, report.snapshot) / "secrets" / "openai_api_key"
     key_copy.write_text("rotten\n")
     fresh = tmp_path / "fresh"
-    with pytest.raises(RestoreError, match="does not hold a good copy of secrets.*openai_api_key.*nothing was replaced"):
+    with pytest.raises(
+        RestoreError, match="does not hold a good copy of secrets.*openai_api_key.*nothing was replaced"
+    ):
         restore_state(dest, {"settings": None, "secrets": None}, into=fresh)
     assert not fresh.exists()  # the good part was not restored either: every part is checked first
 
@@ -216,7 +239,10 @@ def cli(*args: str, config: Path, env_extra: dict | None = None) -> subprocess.C
     env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "idp_ops.cli", "--config", str(config), *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -238,15 +264,21 @@ def test_idp_ops_backup_then_restore_state_through_the_real_command(tmp_path):
     made = cli("backup", "--json", config=config, env_extra={"DAGSTER_HOME": str(dagster_home)})
     assert made.returncode == 0, made.stderr
     data = json.loads(made.stdout)
-    assert data["state"]["parts"] == {"settings": "copied", "secrets": "copied", "history": "copied", "dagster": "copied"}
+    assert data["state"]["parts"] == {
+        "settings": "copied",
+        "secrets": "copied",
+        "history": "copied",
+        "dagster": "copied",
+    }
     assert KEY not in made.stdout + made.stderr
 
     assert settings_file_in_use(config) == config.resolve()
     exists = cli("restore", "--state", "secrets", config=config)
     assert exists.returncode == 2 and "exist" in exists.stderr and "--force" in exists.stderr
     shutil.rmtree(secrets)
-    back = cli("restore", "--state", "secrets", "--state", "settings", "--into", str(tmp_path / "r"), "--json",
-               config=config)
+    back = cli(
+        "restore", "--state", "secrets", "--state", "settings", "--into", str(tmp_path / "r"), "--json", config=config
+    )
     assert back.returncode == 0, back.stderr
     parts = {p["part"]: p for p in json.loads(back.stdout)["parts"]}
     assert parts["settings"]["target"] == str(tmp_path / "r" / "idp-ops.yaml")

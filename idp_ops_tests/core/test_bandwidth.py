@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from idp_ops.settings import Endpoint, HARDWARE_PROFILES
 from idp_ops.physics.bandwidth import measure_cpu_bandwidth
 from idp_ops.physics.bandwidth_store import (
     BandwidthRow,
@@ -19,8 +18,9 @@ from idp_ops.physics.bandwidth_store import (
 )
 from idp_ops.physics.ceilings import MeasuredBandwidth, endpoint_ceiling
 from idp_ops.physics.formulas import GB
+from idp_ops.settings import HARDWARE_PROFILES, Endpoint
 
-T0 = datetime(2026, 3, 1, 6, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 
 
 def test_cpu_probe_is_plausible_and_stable_within_15_percent_across_three_runs():
@@ -44,8 +44,11 @@ def test_newest_measured_rows_become_the_bandwidth_the_ceilings_use(tmp_path):
     assert latest_measured_bandwidth(history) == MeasuredBandwidth()  # no file: nothing measured, no crash
     record_bandwidth(
         history,
-        [BandwidthRow("cpu", 1, 20.0, 15.0, "measured"), BandwidthRow("cpu", 8, 60.0, 50.0, "measured"),
-         BandwidthRow("gpu", 0, 896.0, None, "datasheet")],  # fmt: skip
+        [
+            BandwidthRow("cpu", 1, 20.0, 15.0, "measured"),
+            BandwidthRow("cpu", 8, 60.0, 50.0, "measured"),
+            BandwidthRow("gpu", 0, 896.0, None, "datasheet"),
+        ],  # fmt: skip
         measured_at=T0,
         host="box",
     )

@@ -4,6 +4,7 @@ on both protocols, the CLI, and a server stopped mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -84,11 +85,11 @@ class FakeServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
-                server.requests.append({"path": self.path, "payload": payload, "auth": self.headers.get("Authorization")})
-                try:
+                server.requests.append(
+                    {"path": self.path, "payload": payload, "auth": self.headers.get("Authorization")}
+                )
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     server.answer(self, payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -153,7 +154,9 @@ class FakeServer:
                 flush()
             write(_event({"choices": [{"text": "", "index": 0, "finish_reason": "length"}]}))
             # vLLM's usage-only chunk: choices empty, usage authoritative.
-            write(_event({"choices": [], "usage": {"completion_tokens": n, "prompt_tokens": 11, "total_tokens": n + 11}}))
+            write(
+                _event({"choices": [], "usage": {"completion_tokens": n, "prompt_tokens": 11, "total_tokens": n + 11}})
+            )
             write(b"data: [DONE]\n\n")
             flush()
         elif mode == "malformed":
@@ -183,7 +186,9 @@ class FakeServer:
             raise AssertionError(mode)
 
 
-SMALL = dict(warmups=1, ttft_requests=3, ttft_max_tokens=8, decode_tokens=8, decode_requests=1, sweep=(2,), sweep_tokens=8)
+SMALL = dict(
+    warmups=1, ttft_requests=3, ttft_max_tokens=8, decode_tokens=8, decode_requests=1, sweep=(2,), sweep_tokens=8
+)
 
 
 def test_sse_comments_pings_role_only_and_usage_only_chunks_are_not_tokens():
@@ -211,7 +216,9 @@ def test_sse_comments_pings_role_only_and_usage_only_chunks_are_not_tokens():
 
 def test_poisson_arrivals_keep_the_concurrency_cap():
     with FakeServer("openai_edge_cases") as server:
-        report = run_benchmark_sync(server.url, "openai", "m", "k", **{**SMALL, "sweep": (2, 3)}, poisson_rate=50.0, seed=7)
+        report = run_benchmark_sync(
+            server.url, "openai", "m", "k", **{**SMALL, "sweep": (2, 3)}, poisson_rate=50.0, seed=7
+        )
     assert report.ok
     assert [(s.concurrency, s.requests, s.poisson_rate) for s in report.sweep] == [(2, 4, 50.0), (3, 6, 50.0)]
     assert report.settings["poisson_rate"] == 50.0
@@ -236,7 +243,9 @@ def test_a_misbehaving_server_is_recorded_by_kind_and_never_hangs(mode, protocol
     assert time.monotonic() - started < 10
     measured = 3 + 1 + 4
     assert report.errors_by_kind == {kind: measured}
-    assert not report.ok and report.problems[0].startswith(f"{measured} of {measured} requests failed ({kind} {measured})")
+    assert not report.ok and report.problems[0].startswith(
+        f"{measured} of {measured} requests failed ({kind} {measured})"
+    )
     assert all(s.error == kind and s.error_detail for s in report.samples)
     assert report.warm_ttft.success_rate == 0 and report.warm_ttft.percentiles["ttft_ms"] == {"n": 0}
     if kind == "http_5xx":
@@ -248,8 +257,17 @@ def test_a_stream_that_never_finishes_times_out_per_request():
     started = time.monotonic()
     with FakeServer("trickle") as server:
         report = run_benchmark_sync(
-            server.url, "openai", "m", "k", warmups=1, ttft_requests=2, decode_tokens=4, decode_requests=1,
-            sweep=(), timeout_s=0.6, ready_timeout_s=5,
+            server.url,
+            "openai",
+            "m",
+            "k",
+            warmups=1,
+            ttft_requests=2,
+            decode_tokens=4,
+            decode_requests=1,
+            sweep=(),
+            timeout_s=0.6,
+            ready_timeout_s=5,
         )
     assert time.monotonic() - started < 6
     assert report.errors_by_kind == {"timeout": 3}
@@ -277,9 +295,11 @@ def test_503_while_loading_means_not_ready_and_is_retried():
         report = run_benchmark_sync(server.url, "openai", "m", "k", **SMALL, ready_timeout_s=10, progress=lines.append)
     assert report.ok
     assert any("not ready (HTTP 503)" in line for line in lines)
-    with FakeServer("openai_edge_cases", not_ready_for_s=60) as server:
-        with pytest.raises(BenchError, match=r"not ready after 1 s \(last: HTTP 503\)"):
-            run_benchmark_sync(server.url, "openai", "m", "k", **SMALL, ready_timeout_s=1)
+    with (
+        FakeServer("openai_edge_cases", not_ready_for_s=60) as server,
+        pytest.raises(BenchError, match=r"not ready after 1 s \(last: HTTP 503\)"),
+    ):
+        run_benchmark_sync(server.url, "openai", "m", "k", **SMALL, ready_timeout_s=1)
 
 
 def test_bad_arguments_are_refused_before_anything_is_sent():
@@ -291,24 +311,30 @@ def test_bad_arguments_are_refused_before_anything_is_sent():
 
 # -- against the real llama-server --------------------------------------------
 
-REAL = dict(warmups=1, ttft_requests=5, ttft_max_tokens=8, decode_tokens=32, decode_requests=2, sweep=(1, 4), sweep_tokens=16)
+REAL = dict(
+    warmups=1, ttft_requests=5, ttft_max_tokens=8, decode_tokens=32, decode_requests=2, sweep=(1, 4), sweep_tokens=16
+)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, llama_image, demo_models_dir):
     """A CPU stack (llama-server + Gemma 270M on both protocols) on free ports, torn down after."""
     from idp_ops.settings import load_settings
-    from idp_ops.stack.secrets import ensure_keys
     from idp_ops.stack.deploy import compose_project, deploy
+    from idp_ops.stack.secrets import ensure_keys
     from idp_ops_tests.conftest import cpu_stack_settings, write_settings
 
     root = tmp_path_factory.mktemp("bench-stack")
     config = write_settings(
         root / "idp-ops.yaml",
-        **cpu_stack_settings(root / "home", demo_models_dir, llama_image, f"idp-ops-test-bench-{time.time_ns() % 10**8}"),
+        **cpu_stack_settings(
+            root / "home", demo_models_dir, llama_image, f"idp-ops-test-bench-{time.time_ns() % 10**8}"
+        ),
     )
     settings = load_settings(config)
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     try:
         report = deploy(settings)
         assert report.ok, report.problems
@@ -329,7 +355,9 @@ def _target(settings, name):
 @pytest.mark.parametrize("name", ["llamacpp-cpu", "openai-standin"])
 def test_every_metric_is_present_and_sane_on_the_real_server(stack, name):
     endpoint, key = _target(stack, name)
-    report = run_benchmark_sync(endpoint.url, endpoint.protocol, endpoint.model, key, endpoint=name, **REAL, ready_timeout_s=30)
+    report = run_benchmark_sync(
+        endpoint.url, endpoint.protocol, endpoint.model, key, endpoint=name, **REAL, ready_timeout_s=30
+    )
     assert report.ok, report.problems
     assert report.errors_by_kind == {}
     assert [s.scenario for s in report.scenarios] == ["warm_ttft", "decode", "sweep_c1", "sweep_c4"]
@@ -345,7 +373,9 @@ def test_every_metric_is_present_and_sane_on_the_real_server(stack, name):
             assert sample.output_tokens == sample.max_tokens, "fixed output length (ignore_eos)"
             assert sample.prompt_tokens and sample.prompt_tokens > 5
             assert len(sample.itl_ms) >= 1 and all(gap >= 0 for gap in sample.itl_ms)
-            assert sample.tpot_ms == pytest.approx((sample.e2e_ms - sample.ttft_ms) / (sample.output_tokens - 1), rel=1e-3)
+            assert sample.tpot_ms == pytest.approx(
+                (sample.e2e_ms - sample.ttft_ms) / (sample.output_tokens - 1), rel=1e-3
+            )
             # the whole prompt was evaluated: no prefix cache served any of it
             assert sample.server_cached_tokens == 0
             # the server's prompt processing is inside our TTFT
@@ -379,8 +409,23 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
 
     endpoint = stack.endpoint("llamacpp-cpu")
     argv = [
-        "bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--key-file", str(stack.key_file(endpoint)),
-        "--requests", "3", "--decode-tokens", "24", "--decode-requests", "1", "--sweep", "1,2", "--sweep-tokens", "8",
+        "bench",
+        "--endpoint",
+        endpoint.url,
+        "--protocol",
+        "llamacpp",
+        "--key-file",
+        str(stack.key_file(endpoint)),
+        "--requests",
+        "3",
+        "--decode-tokens",
+        "24",
+        "--decode-requests",
+        "1",
+        "--sweep",
+        "1,2",
+        "--sweep-tokens",
+        "8",
         "--json",
     ]
     assert main(argv) == 0
@@ -393,13 +438,33 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
     assert "samples" not in data["decode"]
 
     # by name through settings, human output; a URL without --protocol cannot run
-    assert main(["--config", str(stack.home.parent / "idp-ops.yaml"), "bench", "--endpoint", "openai-standin",
-                 "--requests", "2", "--decode-tokens", "8", "--decode-requests", "1", "--sweep", ""]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(stack.home.parent / "idp-ops.yaml"),
+                "bench",
+                "--endpoint",
+                "openai-standin",
+                "--requests",
+                "2",
+                "--decode-tokens",
+                "8",
+                "--decode-requests",
+                "1",
+                "--sweep",
+                "",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "single-stream decode:" in out and "TTFT" in out and "OK" in out
     assert main(["bench", "--endpoint", endpoint.url]) == 2
     assert "needs --protocol" in capsys.readouterr().err
-    assert main(["bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--key-file", str(tmp_path / "none")]) == 2
+    assert (
+        main(["bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--key-file", str(tmp_path / "none")]) == 2
+    )
 
 
 @pytest.mark.docker
@@ -414,14 +479,27 @@ def test_the_server_stopped_mid_run_is_recorded_and_fails_clearly(stack):
     def progress(line: str) -> None:
         # After the warm TTFT scenario, stop the server while decode streams run.
         if line.startswith("decode:") and not stopper:
-            thread = threading.Thread(target=compose_project(stack).stop, args=([endpoint.compose_service],), kwargs={"timeout": 2})
+            thread = threading.Thread(
+                target=compose_project(stack).stop, args=([endpoint.compose_service],), kwargs={"timeout": 2}
+            )
             thread.start()
             stopper.append(thread)
 
     started = time.monotonic()
     report = run_benchmark_sync(
-        endpoint.url, endpoint.protocol, endpoint.model, key, warmups=1, ttft_requests=3, ttft_max_tokens=8,
-        decode_tokens=400, decode_requests=3, sweep=(1, 4), sweep_tokens=16, timeout_s=30, progress=progress,
+        endpoint.url,
+        endpoint.protocol,
+        endpoint.model,
+        key,
+        warmups=1,
+        ttft_requests=3,
+        ttft_max_tokens=8,
+        decode_tokens=400,
+        decode_requests=3,
+        sweep=(1, 4),
+        sweep_tokens=16,
+        timeout_s=30,
+        progress=progress,
     )
     elapsed = time.monotonic() - started
     stopper[0].join(timeout=60)

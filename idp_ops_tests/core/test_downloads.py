@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from idp_ops.settings import ModelDownload
 from idp_ops.models.downloads import download_model, download_models, partial_path
+from idp_ops.settings import ModelDownload
 
 MB = 1 << 20
 
@@ -39,7 +39,7 @@ class RangeHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         state: ServerState = self.server.state
         state.requests.append((self.path, dict(self.headers)))
         if self.path in state.redirects:
@@ -107,7 +107,9 @@ def server():
     httpd.server_close()
 
 
-def spec_for(server, body: bytes, *, name="tiny", target="tiny/model.gguf", path="/model.gguf", sha256=None) -> ModelDownload:
+def spec_for(
+    server, body: bytes, *, name="tiny", target="tiny/model.gguf", path="/model.gguf", sha256=None
+) -> ModelDownload:
     server.state.files[path] = body
     return ModelDownload(
         name=name, url=server.base + path, sha256=sha256 or hashlib.sha256(body).hexdigest(), target=target
@@ -240,7 +242,9 @@ def test_redirects_are_followed(server, tmp_path):
     body = os.urandom(1000)
     spec = spec_for(server, body, path="/cdn/blob")
     server.state.redirects["/org/repo/resolve/main/model.gguf"] = "/cdn/blob"
-    spec = ModelDownload(name="hf-like", url=server.base + "/org/repo/resolve/main/model.gguf", sha256=spec.sha256, target="m.gguf")
+    spec = ModelDownload(
+        name="hf-like", url=server.base + "/org/repo/resolve/main/model.gguf", sha256=spec.sha256, target="m.gguf"
+    )
     assert download_model(spec, tmp_path, **FAST).status == "downloaded"
 
 

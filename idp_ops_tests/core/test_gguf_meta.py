@@ -14,7 +14,6 @@ import pytest
 from gguf import GGUFReader, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, LlamaFileType
 
-from idp_ops.settings import DEMO_MODEL_FILE
 from idp_ops.models.gguf_meta import (
     ModelScanError,
     load_inventory,
@@ -23,6 +22,7 @@ from idp_ops.models.gguf_meta import (
     record_scan,
     scan_models,
 )
+from idp_ops.settings import DEMO_MODEL_FILE
 
 
 @pytest.fixture(scope="module")
@@ -262,9 +262,18 @@ def test_safetensors_header_gives_dtypes_parameters_and_layer_bytes(tmp_path):
     }
     data_bytes = _write_safetensors(model / "model.safetensors", tensors, metadata={"format": "pt"})
     (model / "config.json").write_text(
-        json.dumps({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "max_position_embeddings": 4096, "torch_dtype": "bfloat16",
-                    "tie_word_embeddings": False})  # fmt: skip
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 4096,
+                "torch_dtype": "bfloat16",
+                "tie_word_embeddings": False,
+            }
+        )  # fmt: skip
     )
     row = read_safetensors(model / "model.safetensors")
     assert row.finding is None
@@ -292,8 +301,10 @@ def _st(header: bytes) -> bytes:
         (_st(b'{"a": {"dty'), "corrupt: header is not valid JSON"),
         (_st(b"\xff\xfe\xfd\xfc"), "corrupt: header is not valid JSON"),
         (_st(b"[]"), "corrupt: header is a JSON list"),
-        (_st(b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}') + b"\0" * 4,
-         "corrupt: tensor 'w' (F32 [2]) should take 8 bytes but its offsets span 4"),
+        (
+            _st(b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}') + b"\0" * 4,
+            "corrupt: tensor 'w' (F32 [2]) should take 8 bytes but its offsets span 4",
+        ),
         (_st(b'{"w": {"dtype": "F32", "shape": [2]}}'), "corrupt: tensor 'w' has bad data_offsets"),
         (_st(b'{"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}'), "corrupt: tensor 'w' has a bad shape"),
         (_st(b'{"w": "F32"}'), "corrupt: entry 'w' is not an object"),
@@ -354,7 +365,12 @@ def test_scan_classifies_skips_hidden_files_and_records_idempotently(gemma, tmp_
     stored = load_inventory(db, models)
     assert len(stored) == 6
     g = next(r for r in stored if r["path"].endswith(DEMO_MODEL_FILE))
-    assert (g["architecture"], g["parameters"], g["file_type"], g["block_count"]) == ("gemma3", 268_098_176, "Q4_K_M", 18)
+    assert (g["architecture"], g["parameters"], g["file_type"], g["block_count"]) == (
+        "gemma3",
+        268_098_176,
+        "Q4_K_M",
+        18,
+    )
     assert g["root"] == str(models.resolve()) and g["tensor_types"]["Q4_K"] == 27
     assert g["details"]["layer_bytes_each"][0] > 0 and g["scanned_at"] is not None
 

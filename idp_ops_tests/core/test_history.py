@@ -44,9 +44,11 @@ def test_a_lock_held_too_long_is_a_clear_error(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "5"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(history.HistoryError, match="cannot open history"):
-            with history.connect(path, lock_timeout_s=0.5):
-                pass
+        with (
+            pytest.raises(history.HistoryError, match="cannot open history"),
+            history.connect(path, lock_timeout_s=0.5),
+        ):
+            pass
     finally:
         holder.kill()
         holder.wait()
@@ -56,6 +58,5 @@ def test_a_history_from_newer_code_is_refused(tmp_path):
     path = tmp_path / "history.duckdb"
     with history.connect(path) as con:
         con.execute("INSERT INTO schema_version VALUES (999, now())")
-    with pytest.raises(history.HistoryError, match="newer than this code"):
-        with history.connect(path):
-            pass
+    with pytest.raises(history.HistoryError, match="newer than this code"), history.connect(path):
+        pass

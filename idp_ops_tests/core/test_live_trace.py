@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from idp_ops.thermal.telemetry import CsvReplaySource
 from idp_ops.thermal.policy import PolicyConfig, replay
+from idp_ops.thermal.telemetry import CsvReplaySource
 
 TRACE = Path(__file__).resolve().parents[1] / "fixtures" / "h200_live_trace.csv"
 

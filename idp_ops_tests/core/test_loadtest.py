@@ -35,8 +35,16 @@ def test_bad_arguments_and_a_missing_key_file_are_refused(tmp_path):
 
 def test_an_unused_port_makes_every_request_fail_as_connect(tmp_path):
     result = run_locust(
-        f"http://127.0.0.1:{free_port()}", "llamacpp", "m", None, users=2, spawn_rate=2, run_time_s=3,
-        csv_dir=tmp_path, timeout_s=5, wait_scale=0.2,
+        f"http://127.0.0.1:{free_port()}",
+        "llamacpp",
+        "m",
+        None,
+        users=2,
+        spawn_rate=2,
+        run_time_s=3,
+        csv_dir=tmp_path,
+        timeout_s=5,
+        wait_scale=0.2,
     )
     assert result.requests > 0 and result.failures == result.requests
     assert result.failures_by_status == {"connect": result.failures}
@@ -49,8 +57,16 @@ def test_a_server_answering_500_counts_server_errors_and_never_sees_the_key_on_t
     key_file.write_text("s3cret-load-key\n")
     with FakeServer("http_500") as server:
         result = run_locust(
-            server.url, "openai", "m", key_file, users=2, spawn_rate=2, run_time_s=3, csv_dir=tmp_path / "csv",
-            timeout_s=5, wait_scale=0.1,
+            server.url,
+            "openai",
+            "m",
+            key_file,
+            users=2,
+            spawn_rate=2,
+            run_time_s=3,
+            csv_dir=tmp_path / "csv",
+            timeout_s=5,
+            wait_scale=0.1,
         )
     completions = [r for r in server.requests if r["path"] == "/v1/completions"]
     assert completions and all(r["auth"] == "Bearer s3cret-load-key" for r in completions)
@@ -71,10 +87,14 @@ def _stack_settings(tmp_path_factory, llama_image, demo_models_dir):
     root = tmp_path_factory.mktemp("load-stack")
     config = write_settings(
         root / "idp-ops.yaml",
-        **cpu_stack_settings(root / "home", demo_models_dir, llama_image, f"idp-ops-test-load-{time.time_ns() % 10**8}"),
+        **cpu_stack_settings(
+            root / "home", demo_models_dir, llama_image, f"idp-ops-test-load-{time.time_ns() % 10**8}"
+        ),
     )
     settings = load_settings(config)
-    ensure_keys(settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid)
+    ensure_keys(
+        settings.secrets_dir, settings.key_names, owner_uid=settings.service_uid, owner_gid=settings.service_gid
+    )
     return settings
 
 
@@ -97,8 +117,16 @@ def stack(tmp_path_factory, llama_image, demo_models_dir):
 def test_locust_against_the_real_server_gives_parsed_stats_and_no_failures(stack, tmp_path, name, names):
     endpoint = stack.endpoint(name)
     result = run_locust(
-        endpoint.url, endpoint.protocol, endpoint.model, stack.key_file(endpoint), users=3, spawn_rate=3,
-        run_time_s=6, csv_dir=tmp_path, timeout_s=30, wait_scale=0.2,
+        endpoint.url,
+        endpoint.protocol,
+        endpoint.model,
+        stack.key_file(endpoint),
+        users=3,
+        spawn_rate=3,
+        run_time_s=6,
+        csv_dir=tmp_path,
+        timeout_s=30,
+        wait_scale=0.2,
     )
     assert result.ok, (result.problems, result.stderr_tail)
     assert result.failures == 0 and result.failures_by_status == {} and result.server_errors == 0
@@ -124,8 +152,22 @@ def test_cli_loadtest_by_endpoint_name(stack, tmp_path, capsys):
     from idp_ops.cli.main import main
 
     config = stack.home.parent / "idp-ops.yaml"
-    argv = ["--config", str(config), "loadtest", "--endpoint", "llamacpp-cpu", "--users", "2", "--spawn-rate", "2",
-            "--run-time", "4", "--csv-dir", str(tmp_path), "--json"]
+    argv = [
+        "--config",
+        str(config),
+        "loadtest",
+        "--endpoint",
+        "llamacpp-cpu",
+        "--users",
+        "2",
+        "--spawn-rate",
+        "2",
+        "--run-time",
+        "4",
+        "--csv-dir",
+        str(tmp_path),
+        "--json",
+    ]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["requests"] > 0 and data["failures"] == 0 and data["ok"] is True
@@ -141,8 +183,16 @@ def test_a_stopped_server_makes_failures_count(stack, tmp_path):
     endpoint = stack.endpoint("llamacpp-cpu")
     compose_project(stack).stop([endpoint.compose_service], timeout=2)
     result = run_locust(
-        endpoint.url, endpoint.protocol, endpoint.model, stack.key_file(endpoint), users=2, spawn_rate=2,
-        run_time_s=3, csv_dir=tmp_path, timeout_s=5, wait_scale=0.2,
+        endpoint.url,
+        endpoint.protocol,
+        endpoint.model,
+        stack.key_file(endpoint),
+        users=2,
+        spawn_rate=2,
+        run_time_s=3,
+        csv_dir=tmp_path,
+        timeout_s=5,
+        wait_scale=0.2,
     )
     assert result.requests > 0 and result.failures == result.requests
     assert set(result.failures_by_status) <= {"connect", "stream"} and not result.ok

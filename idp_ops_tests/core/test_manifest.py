@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.history import database as history
 from idp_ops.backup.manifest import (
     ExcludeRules,
     ManifestError,
@@ -22,6 +21,7 @@ from idp_ops.backup.manifest import (
     verify,
     write_manifest,
 )
+from idp_ops.history import database as history
 
 EXCLUDES = ["*.tmp", "cache/"]
 
@@ -193,8 +193,13 @@ def test_progress_is_reported_during_a_pass_and_finished_hashes_reach_the_cache_
     seen, batches = [], []
     files = [(f.path, f.size) for f in scan(store)]
     outcome = hash_files(
-        store, files, workers=2, progress=seen.append, progress_interval_s=0.0,
-        on_batch=lambda b: batches.append(sorted(b)), batch_interval_s=0.0,
+        store,
+        files,
+        workers=2,
+        progress=seen.append,
+        progress_interval_s=0.0,
+        on_batch=lambda b: batches.append(sorted(b)),
+        batch_interval_s=0.0,
     )
     assert len(outcome.hashes) == 5
     assert seen and seen[-1].files_done == 5 and seen[-1].bytes_done == sum(size for _, size in files)
@@ -206,9 +211,14 @@ def test_missing_root_and_unsafe_manifests_are_clear_errors(tmp_path):
     with pytest.raises(ManifestError, match="does not exist"):
         build_manifest(tmp_path / "nope")
     evil = tmp_path / "evil.json"
-    evil.write_text(json.dumps({"format": "idp-ops-manifest/1", "files": [
-        {"path": "../../etc/passwd", "size": 1, "mtime_ns": 1, "sha256": "0" * 64}
-    ]}))
+    evil.write_text(
+        json.dumps(
+            {
+                "format": "idp-ops-manifest/1",
+                "files": [{"path": "../../etc/passwd", "size": 1, "mtime_ns": 1, "sha256": "0" * 64}],
+            }
+        )
+    )
     with pytest.raises(ManifestError, match="unsafe"):
         load_manifest(evil)
     not_ours = tmp_path / "other.json"
@@ -268,8 +278,12 @@ def test_files_in_progress_are_never_listed_whatever_the_excludes(store, tmp_pat
     built = build_manifest(store, excludes=[])  # no configured excludes at all
 
     assert sorted(built.manifest.entries) == [
-        "empty.bin", "llama/config.json", "llama/model-00001.gguf", "llama/notes.partial.txt",
-        "qwen/tokenizer.json", "qwen/weights.safetensors",
+        "empty.bin",
+        "llama/config.json",
+        "llama/model-00001.gguf",
+        "llama/notes.partial.txt",
+        "qwen/tokenizer.json",
+        "qwen/weights.safetensors",
     ]
 
 
@@ -297,9 +311,9 @@ def test_symlinks_are_listed_as_links_with_their_target_and_verify_checks_them(s
 
 def test_a_manifest_link_that_could_escape_the_root_is_refused(tmp_path):
     evil = tmp_path / "evil.json"
-    evil.write_text(json.dumps({"format": "idp-ops-manifest/1", "files": [], "links": [
-        {"path": "../outside", "target": "x"}
-    ]}))
+    evil.write_text(
+        json.dumps({"format": "idp-ops-manifest/1", "files": [], "links": [{"path": "../outside", "target": "x"}]})
+    )
     with pytest.raises(ManifestError, match="unsafe or malformed link '../outside'"):
         load_manifest(evil)
 

@@ -4,8 +4,6 @@ import json
 
 import pytest
 
-from idp_ops_tests.conftest import FIXTURES
-
 from idp_ops.physics.formulas import (
     GB,
     PhysicsError,
@@ -17,6 +15,7 @@ from idp_ops.physics.formulas import (
     kv_cache_bytes_per_token,
     single_stream_ceiling,
 )
+from idp_ops_tests.conftest import FIXTURES
 
 ROOFLINE = FIXTURES / "h200_decode_roofline.json"
 
@@ -61,15 +60,21 @@ def test_batched_model_predicts_every_measured_h200_step_within_25_percent():
     parameters = weights / 2  # bf16
     for row in data["rows"]:
         predicted = batched_ceiling(
-            weights, parameters, row["batch"],
-            bandwidth_bps=data["copy_bw_TBs"] * 1e12, flops=data["matmul_bf16_TFLOPs"] * 1e12,
+            weights,
+            parameters,
+            row["batch"],
+            bandwidth_bps=data["copy_bw_TBs"] * 1e12,
+            flops=data["matmul_bf16_TFLOPs"] * 1e12,
         )
         measured_s = row["step_ms"] / 1000
         assert predicted.step_s == pytest.approx(measured_s, rel=0.25), row
     # and per-request vs aggregate stay consistent
     b8 = batched_ceiling(weights, parameters, 8, bandwidth_bps=4.3e12, flops=780e12)
     assert b8.aggregate_tok_s == pytest.approx(8 * b8.per_request_tok_s)
-    assert b8.bound == "memory" and batched_ceiling(weights, parameters, 1024, bandwidth_bps=4.3e12, flops=780e12).bound == "compute"
+    assert (
+        b8.bound == "memory"
+        and batched_ceiling(weights, parameters, 1024, bandwidth_bps=4.3e12, flops=780e12).bound == "compute"
+    )
 
 
 def test_plans_1_5x_batching_gain_at_8_streams_is_wrong_by_about_5x():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from idp_ops.settings import RoiSettings
 from idp_ops.reports.roi import (
     ENERGY_DUTY_CYCLE,
     ENERGY_MEASURED,
@@ -16,10 +15,11 @@ from idp_ops.reports.roi import (
     report_from_history,
 )
 from idp_ops.reports.trends import load_bench_runs
+from idp_ops.settings import RoiSettings
 
 from .test_trends import seed_bench_runs, seed_thermal_hourly
 
-START = datetime(2026, 2, 1, tzinfo=timezone.utc)
+START = datetime(2026, 2, 1, tzinfo=UTC)
 AWS, RUNPOD, LAMBDA = "AWS g5.xlarge (A10G)", "RunPod RTX 4090", "Lambda Labs RTX 4090"
 
 
@@ -67,11 +67,20 @@ def test_roi_from_a_seeded_history_with_known_energy_and_throughput(tmp_path):
     file = tmp_path / "h.duckdb"
     seed_known_energy(file)  # 2 days at 200 W: 4.8 kWh/day
     # Hours without an energy counter (a CPU sensor) neither add energy nor dilute the average.
-    seed_thermal_hourly(file, [{"hour": START + timedelta(hours=h), "device": "cpu", "energy_kwh": None} for h in range(48)])
+    seed_thermal_hourly(
+        file, [{"hour": START + timedelta(hours=h), "device": "cpu", "energy_kwh": None} for h in range(48)]
+    )
     seed_bench_runs(
         file,
-        [{"night": date(2026, 2, 1) + timedelta(days=i), "endpoint": "gpu", "decode_tok_s": 50.0 + (i % 3 - 1),
-          "aggregate_tok_s_at_max": 400.0} for i in range(9)],  # fmt: skip
+        [
+            {
+                "night": date(2026, 2, 1) + timedelta(days=i),
+                "endpoint": "gpu",
+                "decode_tok_s": 50.0 + (i % 3 - 1),
+                "aggregate_tok_s_at_max": 400.0,
+            }
+            for i in range(9)
+        ],  # fmt: skip
     )
     report = report_from_history(RoiSettings(), file)
     e = report.electricity

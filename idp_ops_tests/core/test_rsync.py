@@ -15,24 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.history import database as history
 from idp_ops.backup.manifest import MANIFEST_NAME, Entry, build_manifest, load_manifest, verify
 from idp_ops.backup.snapshots import (
     DATA,
     IN_PROGRESS,
-    SCRUB_SPLIT_BYTES,
     LOCK_NAME,
+    SCRUB_SPLIT_BYTES,
     SNAPSHOTS,
+    DestinationRefused,
     RestoreError,
     backup,
     check_destination,
-    DestinationRefused,
     list_snapshots,
     record_backup_run,
     restore,
     scrub_ranges,
     scrub_slice_of,
 )
+from idp_ops.history import database as history
 
 from .test_manifest import flip_bit, make_store
 
@@ -606,7 +606,9 @@ def test_symlinks_are_kept_as_links_verified_and_restored_as_links(store, dest):
     data = snapshot_dir(dest, report.snapshot) / DATA
     assert os.readlink(data / "llama/latest.gguf") == "model-00001.gguf" and os.readlink(data / "current") == "qwen"
     assert load_manifest(snapshot_dir(dest, report.snapshot) / MANIFEST_NAME).links == {
-        "current": "qwen", "dangling": "gone.gguf", "llama/latest.gguf": "model-00001.gguf",
+        "current": "qwen",
+        "dangling": "gone.gguf",
+        "llama/latest.gguf": "model-00001.gguf",
     }
     assert verify_snapshot(dest, report.snapshot).ok
 

@@ -142,7 +142,11 @@ def test_plan_format_as_the_seed_bash_logger_writes_it(tmp_path):
     a, b, c = src.samples()
     assert a.ts == datetime(2025, 6, 1, 8, 0, tzinfo=UTC)  # converted to UTC
     assert (a.temperature_c, a.power_w, a.utilization_pct, a.memory_used_mb, a.memory_total_mb) == (
-        36, 81.25, 0, 0, 143771,
+        36,
+        81.25,
+        0,
+        0,
+        143771,
     )
     assert b.power_w == 691.9 and b.throttle_reasons == () and b.throttle_mask is None
     assert c.power_w is None  # nvidia-smi's [N/A] is a missing value, not a bad row
@@ -204,7 +208,13 @@ def test_garbage_rows_are_skipped_and_reported_by_line(tmp_path):
     kept = src.samples()
     assert [s.temperature_c for s in kept] == [40, None, 45]
     assert [p.split(":")[0] for p in src.problems] == [
-        "line 3", "line 4", "line 5", "line 7", "line 8", "line 10", "line 11",
+        "line 3",
+        "line 4",
+        "line 5",
+        "line 7",
+        "line 8",
+        "line 10",
+        "line 11",
     ]
     assert "temperature_c 'hot' is not a number" in src.problems[1]
     assert "timestamp 'yesterday' does not parse" in src.problems[2]
@@ -397,7 +407,9 @@ def test_hwmon_k10temp_tctl_and_hottest_ccd():
     # Two sockets: psutil flattens both k10temp chips into one list.
     two = {"k10temp": [t("Tctl", 60, None, None), t("Tccd1", 55, None, None), t("Tctl", 62, None, None)]}
     assert [(s.device, s.temperature_c) for s in cpu_samples_from_sensors(two, ts)] == [
-        ("cpu", 60), ("cpu-ccd", 55), ("cpu1", 62),
+        ("cpu", 60),
+        ("cpu-ccd", 55),
+        ("cpu1", 62),
     ]
 
 
@@ -411,7 +423,8 @@ def test_hwmon_intel_coretemp_packages():
         ]
     }
     assert [(s.device, s.temperature_c) for s in cpu_samples_from_sensors(sensors, BASE)] == [
-        ("cpu", 55.0), ("cpu1", 57.0),
+        ("cpu", 55.0),
+        ("cpu1", 57.0),
     ]
 
 
@@ -461,12 +474,24 @@ class StandInNvml(types.SimpleNamespace):
     @staticmethod
     def _functions() -> list[str]:
         return [
-            "nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
-            "nvmlSystemGetDriverVersion", "nvmlDeviceGetName", "nvmlDeviceGetTemperature",
-            "nvmlDeviceGetPowerUsage", "nvmlDeviceGetFieldValues", "nvmlDeviceGetTotalEnergyConsumption",
-            "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetClockInfo",
-            "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
-            "nvmlDeviceGetFanSpeed", "nvmlDeviceGetTemperatureThreshold", "nvmlDeviceGetEnforcedPowerLimit",
+            "nvmlInit",
+            "nvmlShutdown",
+            "nvmlDeviceGetCount",
+            "nvmlDeviceGetHandleByIndex",
+            "nvmlSystemGetDriverVersion",
+            "nvmlDeviceGetName",
+            "nvmlDeviceGetTemperature",
+            "nvmlDeviceGetPowerUsage",
+            "nvmlDeviceGetFieldValues",
+            "nvmlDeviceGetTotalEnergyConsumption",
+            "nvmlDeviceGetUtilizationRates",
+            "nvmlDeviceGetMemoryInfo",
+            "nvmlDeviceGetClockInfo",
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+            "nvmlDeviceGetFanSpeed",
+            "nvmlDeviceGetTemperatureThreshold",
+            "nvmlDeviceGetEnforcedPowerLimit",
         ]
 
     def _wrap(self, name: str):
@@ -673,10 +698,18 @@ def test_nvml_source_inits_once_reads_thresholds_once_and_samples_every_device()
 @pytest.mark.parametrize(
     ("fail", "kind", "message"),
     [
-        ({"nvmlInit": pynvml.NVML_ERROR_LIBRARY_NOT_FOUND}, NoDevice, "no NVIDIA device: NVML Shared Library Not Found"),
+        (
+            {"nvmlInit": pynvml.NVML_ERROR_LIBRARY_NOT_FOUND},
+            NoDevice,
+            "no NVIDIA device: NVML Shared Library Not Found",
+        ),
         ({"nvmlInit": pynvml.NVML_ERROR_DRIVER_NOT_LOADED}, NoDevice, "no NVIDIA device: Driver Not Loaded"),
         ({"nvmlInit": pynvml.NVML_ERROR_NO_PERMISSION}, TelemetryError, "NVML unavailable: Insufficient Permissions"),
-        ({"nvmlDeviceGetHandleByIndex": pynvml.NVML_ERROR_GPU_IS_LOST}, TelemetryError, "NVIDIA driver gone: GPU is lost"),
+        (
+            {"nvmlDeviceGetHandleByIndex": pynvml.NVML_ERROR_GPU_IS_LOST},
+            TelemetryError,
+            "NVIDIA driver gone: GPU is lost",
+        ),
     ],
 )
 def test_nvml_source_start_failures(fail, kind, message):
@@ -698,7 +731,9 @@ def test_nvml_source_with_zero_devices_is_no_device():
 
 
 def test_open_sources_with_a_failing_nvml_gives_a_reason():
-    sources, skipped = open_sources(enable_hwmon=False, nvml=StandInNvml(fail={"nvmlInit": pynvml.NVML_ERROR_DRIVER_NOT_LOADED}))
+    sources, skipped = open_sources(
+        enable_hwmon=False, nvml=StandInNvml(fail={"nvmlInit": pynvml.NVML_ERROR_DRIVER_NOT_LOADED})
+    )
     assert sources == [] and skipped == ["nvml: no NVIDIA device: Driver Not Loaded", "hwmon: disabled"]
 
 
@@ -736,7 +771,11 @@ def test_h200_trace_through_the_nvml_path_gives_the_csv_values():
     via_nvml = [src.sample()[0] for _ in rows]
     for a, b in zip(via_nvml, rows, strict=True):
         assert (a.ts, a.temperature_c, a.power_w, a.energy_mj, a.throttle_reasons) == (
-            b.ts, b.temperature_c, pytest.approx(b.power_w), b.energy_mj, b.throttle_reasons,
+            b.ts,
+            b.temperature_c,
+            pytest.approx(b.power_w),
+            b.energy_mj,
+            b.throttle_reasons,
         )
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from idp_ops.settings import ThermalThresholds
-from idp_ops.thermal.telemetry import CsvReplaySource, DriverThresholds, Sample
 from idp_ops.thermal.policy import Decision, PolicyConfig, ThermalPolicy, replay
+from idp_ops.thermal.telemetry import CsvReplaySource, DriverThresholds, Sample
 
 TRACE = Path(__file__).resolve().parents[1] / "fixtures" / "h200_trace.csv"
 BASE = datetime(2025, 6, 1, tzinfo=UTC)
@@ -100,7 +100,9 @@ def test_h200_trace_driver_slowdown_lowers_the_contain_line():
     _, warn_t, contain_t, clear_t = expected_from_csv(config, 58)
     assert contain_t == 24.62
     assert [(d.action, d.ts) for d in decisions] == [
-        ("warn", at(warn_t)), ("contain", at(contain_t)), ("clear", at(clear_t)),
+        ("warn", at(warn_t)),
+        ("contain", at(contain_t)),
+        ("clear", at(clear_t)),
     ]
     assert "min(contain_c 90, driver slowdown 61 - margin 3)" in decisions[1].reason
     # Another device's limits do not apply to gpu0.
@@ -159,7 +161,9 @@ def series(temps, device="gpu0", step=30.0, start=0.0, reasons=()):
     out = []
     for i, t in enumerate(temps):
         value, why = t if isinstance(t, tuple) else (t, reasons)
-        out.append(Sample(ts=at(start + i * step), device=device, source="nvml", temperature_c=value, throttle_reasons=why))
+        out.append(
+            Sample(ts=at(start + i * step), device=device, source="nvml", temperature_c=value, throttle_reasons=why)
+        )
     return out
 
 
@@ -168,8 +172,11 @@ def actions(decisions):
 
 
 def test_config_from_settings():
-    assert DEFAULT == PolicyConfig(
-        warn_c=85, contain_c=90, slowdown_margin_c=3, consecutive_samples=2, hysteresis_c=3, clear_after_s=300
+    assert (
+        PolicyConfig(
+            warn_c=85, contain_c=90, slowdown_margin_c=3, consecutive_samples=2, hysteresis_c=3, clear_after_s=300
+        )
+        == DEFAULT
     )
     h200 = DriverThresholds(device="gpu0", slowdown_c=89, shutdown_c=95, gpu_max_c=87)
     assert DEFAULT.contain_line(h200) == 86  # the H200's 89 C slowdown is below the seed's 90 C line
@@ -293,7 +300,10 @@ def test_devices_are_independent():
     mixed = sorted(a + b, key=lambda s: s.ts)
     d = replay(mixed, config)
     assert [(x.device, x.action) for x in d] == [
-        ("gpu0", "warn"), ("gpu0", "contain"), ("gpu1", "warn"), ("gpu0", "clear"),
+        ("gpu0", "warn"),
+        ("gpu0", "contain"),
+        ("gpu1", "warn"),
+        ("gpu0", "clear"),
     ]
     policy = ThermalPolicy(config)
     policy.observe_all(mixed)

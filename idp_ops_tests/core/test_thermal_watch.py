@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pynvml
 
-from idp_ops.thermal.telemetry import NvmlSource, Sample, TelemetryError
 from idp_ops.thermal.policy import PolicyConfig
+from idp_ops.thermal.telemetry import NvmlSource, Sample, TelemetryError
 from idp_ops.thermal.watch import AlertSink, LiveSources, Spool, WatchState, record_tick, watch_tick
 from idp_ops_tests.core.test_telemetry import StandInNvml
 
@@ -98,7 +98,8 @@ def test_a_gpu_off_the_bus_is_alerted_and_the_others_keep_being_judged(tmp_path)
     second = tick(live, state, clock, tmp_path)
     assert {s.device for s in first.samples + second.samples} == {"gpu0"}
     assert [(d.device, d.action) for d in second.decisions if d.action in ("warn", "contain")] == [
-        ("gpu0", "warn"), ("gpu0", "contain"),
+        ("gpu0", "warn"),
+        ("gpu0", "contain"),
     ]
     lost = [a for a in alerts(tmp_path) if a["action"] == "lost"]
     assert len(lost) == 1 and lost[0]["device"] == "gpu1" and "GPU is lost" in lost[0]["reason"]
@@ -148,12 +149,14 @@ def test_a_clock_stepped_back_an_hour_does_not_blind_the_policy(tmp_path):
 
 def test_fresh_cpu_samples_do_not_hide_a_blind_gpu_watch(tmp_path):
     spool = Spool(tmp_path)
-    spool.append([
-        Sample(ts=T0, device="gpu0", source="nvml", temperature_c=50),
-        Sample(ts=T0 + timedelta(minutes=10), device="gpu0", source="nvml", temperature_c=None),
-        Sample(ts=T0 + timedelta(minutes=20), device="cpu", source="hwmon", temperature_c=60),
-        Sample(ts=T0 + timedelta(days=1), device="gpu0", source="nvml", temperature_c=50),  # a clock ahead
-    ])
+    spool.append(
+        [
+            Sample(ts=T0, device="gpu0", source="nvml", temperature_c=50),
+            Sample(ts=T0 + timedelta(minutes=10), device="gpu0", source="nvml", temperature_c=None),
+            Sample(ts=T0 + timedelta(minutes=20), device="cpu", source="hwmon", temperature_c=60),
+            Sample(ts=T0 + timedelta(days=1), device="gpu0", source="nvml", temperature_c=50),  # a clock ahead
+        ]
+    )
     assert spool.latest_ts() == T0 + timedelta(days=1)
     assert spool.latest_ts(gpu_only=True, not_after=T0 + timedelta(hours=1)) == T0
 

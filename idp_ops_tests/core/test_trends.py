@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ def seed_bench_runs(history_file: Path, rows: list[dict]) -> None:
                 "protocol": "openai",
                 "url": "http://127.0.0.1:1",
                 "model": "m",
-                "started_at": datetime.combine(row["night"], datetime.min.time(), timezone.utc) + timedelta(hours=2),
+                "started_at": datetime.combine(row["night"], datetime.min.time(), UTC) + timedelta(hours=2),
                 "ok": True,
                 **row,
             }
@@ -142,7 +142,7 @@ def seed_thermal_hourly(history_file: Path, rows: list[dict]) -> None:
 
 def test_thermal_days_sum_time_above_lines_throttle_and_energy(tmp_path):
     file = tmp_path / "h.duckdb"
-    start = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 2, 1, tzinfo=UTC)
     rows = []
     for h in range(48):
         hot = h in (13, 14, 37)

@@ -64,7 +64,13 @@ def _unique(prompt: str) -> str:
 def _stream(user: HttpUser, path: str, name: str, payload: dict, timeout: float, *, openai: bool) -> None:
     payload = {**payload, "stream": True}
     with user.client.post(
-        path, json=payload, headers=_HEADERS, name=name, stream=True, timeout=min(timeout, _TIMEOUT_CAP), catch_response=True
+        path,
+        json=payload,
+        headers=_HEADERS,
+        name=name,
+        stream=True,
+        timeout=min(timeout, _TIMEOUT_CAP),
+        catch_response=True,
     ) as response:
         if response.status_code == 0:  # no HTTP answer at all: refused, reset, timed out
             response.failure(f"connect: {type(response.error).__name__}: {response.error}")
@@ -87,7 +93,7 @@ def _stream(user: HttpUser, path: str, name: str, payload: dict, timeout: float,
                     return
                 if not openai and chunk.get("stop"):
                     finished = True
-        except Exception as exc:  # noqa: BLE001 - a dropped stream or bad JSON is this request's failure
+        except Exception as exc:
             response.failure(f"stream: {type(exc).__name__}: {str(exc)[:120]}")
             return
         if finished:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -62,6 +61,9 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")  # the shipped queue settings
+    # Create the instance's storage before two processes (the daemon and `dagster job
+    # launch`) race to create and migrate the same fresh SQLite files.
+    DagsterInstance.from_config(str(dagster_home)).dispose()
     release = tmp_path / "release"
     project = compose_project(settings)
     project.up(wait=False, timeout=60)
@@ -70,8 +72,11 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
     dagster.start(webserver=False, daemon=True)
     try:
         for _ in range(3):  # three heavy runs: two take the heavy slots, the third must wait
-            subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "long_heavy_job"],
-                           cwd=REPO_ROOT, env=dagster.env, check=True, capture_output=True, timeout=120)
+            launch = subprocess.run(
+                [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "long_heavy_job"],
+                cwd=REPO_ROOT, env=dagster.env, capture_output=True, text=True, timeout=120,
+            )
+            assert launch.returncode == 0, f"dagster job launch failed:\n{launch.stderr[-3000:]}"
         with DagsterInstance.from_config(str(dagster_home)) as instance:
             wait_for(lambda: sum(r.status in IN_PROGRESS for r in runs_of(instance, "long_heavy_job")) == 2,
                      120, "two heavy runs in progress", dagster)

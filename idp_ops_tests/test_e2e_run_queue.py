@@ -11,9 +11,9 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from idp_ops.settings import REPO_ROOT
-from idp_ops.stack.deploy import compose_project, read_latch
-from idp_ops.thermal.telemetry import Sample, write_samples_csv
+from idp_ops.config import REPO_ROOT
+from idp_ops.core.stack import compose_project, read_latch
+from idp_ops.core.telemetry import Sample, write_samples_csv
 from idp_ops_tests.dagster_processes import BIN, Dagster
 from idp_ops_tests.test_containment_faults import running, standin_settings
 
@@ -81,6 +81,9 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")  # the shipped queue settings
+    # Create the instance's storage before two processes (the daemon and `dagster job
+    # launch`) race to create and migrate the same fresh SQLite files.
+    DagsterInstance.from_config(str(dagster_home)).dispose()
     release = tmp_path / "release"
     project = compose_project(settings)
     project.up(wait=False, timeout=60)
@@ -89,14 +92,15 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
     dagster.start(webserver=False, daemon=True)
     try:
         for _ in range(3):  # three heavy runs: two take the heavy slots, the third must wait
-            subprocess.run(
+            launch = subprocess.run(
                 [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "long_heavy_job"],
                 cwd=REPO_ROOT,
                 env=dagster.env,
-                check=True,
                 capture_output=True,
+                text=True,
                 timeout=120,
             )
+            assert launch.returncode == 0, f"dagster job launch failed:\n{launch.stderr[-3000:]}"
         with DagsterInstance.from_config(str(dagster_home)) as instance:
             wait_for(
                 lambda: sum(r.status in IN_PROGRESS for r in runs_of(instance, "long_heavy_job")) == 2,

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from idp_ops.config import REPO_ROOT
-from idp_ops.core.stack import compose_project, read_latch
-from idp_ops.core.telemetry import Sample, write_samples_csv
+from idp_ops.settings import REPO_ROOT
+from idp_ops.stack.deploy import compose_project, read_latch
+from idp_ops.thermal.telemetry import Sample, write_samples_csv
 from idp_ops_tests.dagster_processes import BIN, Dagster
 from idp_ops_tests.test_containment_faults import running, standin_settings
 

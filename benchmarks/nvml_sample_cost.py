@@ -8,7 +8,7 @@ Where an NVIDIA GPU is present it times, over N alternating rounds:
               memory.total --format=csv,noheader,nounits` as a subprocess (what the plan did)
 and prints the medians and the ratios, plus one real sample, the driver thresholds and the
 fields the card answered NotSupported. Where there is no GPU it prints the clean no-device
-message and the H200 figures recorded in ../shared/fixtures/h200_nvml_report.json, labelled
+message and the H200 figures recorded in idp_ops_tests/fixtures/h200_nvml_report.json, labelled
 as recorded, and exits 0.
 
 Usage: python benchmarks/nvml_sample_cost.py [--rounds N] [--report PATH] [--json]

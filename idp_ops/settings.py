@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from idp_ops.errors import IdpOpsError
+
 ProfileName = Literal["cpu", "gpu", "expert"]
 Protocol = Literal["openai", "llamacpp"]
 
@@ -28,7 +30,7 @@ DEMO_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 DEMO_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
-class SettingsError(ValueError):
+class SettingsError(IdpOpsError, ValueError):
     """Settings that cannot be loaded; the message names every bad field."""
 
 

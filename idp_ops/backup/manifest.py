@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from idp_ops.errors import IdpOpsError
 from idp_ops.fsutil import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
@@ -66,7 +67,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IN_PROGRESS_EXCLUDES = ("*.part", "*.incomplete", "*.tmp", ".rsync-partial/")
 
 
-class ManifestError(RuntimeError):
+class ManifestError(IdpOpsError, RuntimeError):
     """A manifest that cannot be built, read or trusted; the message names the files."""
 
 

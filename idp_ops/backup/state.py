@@ -49,6 +49,7 @@ from idp_ops.backup.manifest import (
     utc_now_iso,
     write_manifest,
 )
+from idp_ops.errors import IdpOpsError
 from idp_ops.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ DUCKDB_LOCK_TIMEOUT_S = 60.0
 SQLITE_BUSY_TIMEOUT_S = 60.0
 
 
-class StateError(RuntimeError):
+class StateError(IdpOpsError, RuntimeError):
     """A part of the box's state that cannot be copied or restored; the message says which and why."""
 
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from idp_ops.backup.manifest import BLOCK_SIZE, MANIFEST_NAME
 from idp_ops.backup.retention import SNAPSHOT_RE, snapshot_key
+from idp_ops.errors import IdpOpsError
 
 SNAPSHOTS = "snapshots"
 DATA = "models"
 LOCK_NAME = ".lock"
 
 
-class BackupError(RuntimeError):
+class BackupError(IdpOpsError, RuntimeError):
     """A backup that cannot run or did not produce a good snapshot; the message says why and what to do."""
 
 
@@ -34,7 +35,7 @@ class BackupRefused(BackupError):
     """The store is not one a snapshot should be taken of (see backup_guard); nothing was written."""
 
 
-class RestoreError(RuntimeError):
+class RestoreError(IdpOpsError, RuntimeError):
     """A restore that cannot run or was stopped before it replaced a file it could not trust."""
 
 

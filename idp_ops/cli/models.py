@@ -9,19 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-class UnknownModelError(LookupError):
-    """--name named no declared download (exit 2).
-
-    Our own type rather than cli.CommandError: under ``python -m idp_ops.cli`` that
-    module runs as ``__main__``, and the CommandError we would import is another class.
-    """
+from idp_ops.errors import IdpOpsError
 
 
-def errors() -> tuple[type[Exception], ...]:
-    from idp_ops.models.gguf_meta import ModelScanError
-
-    return (ModelScanError, UnknownModelError)
+class UnknownModelError(IdpOpsError, LookupError):
+    """--name named no declared download (exit 2)."""
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:

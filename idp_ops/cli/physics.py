@@ -6,10 +6,6 @@ from pathlib import Path
 from idp_ops.physics.formulas import PhysicsError  # light: dataclasses only
 
 
-def errors() -> tuple[type[Exception], ...]:
-    return (PhysicsError,)
-
-
 def _model_facts(path: Path) -> dict:
     from idp_ops.models.gguf_meta import read_gguf
     from idp_ops.physics.formulas import weight_bytes_per_token

@@ -4,13 +4,6 @@ import argparse
 from pathlib import Path
 
 
-def errors() -> tuple[type[Exception], ...]:
-    from idp_ops.history.database import HistoryError
-    from idp_ops.thermal.telemetry import TelemetryError
-
-    return (TelemetryError, HistoryError)
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit
     from idp_ops.settings import load_settings

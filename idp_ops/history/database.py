@@ -19,6 +19,8 @@ from pathlib import Path
 
 import duckdb
 
+from idp_ops.errors import IdpOpsError
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -207,7 +209,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-class HistoryError(RuntimeError):
+class HistoryError(IdpOpsError, RuntimeError):
     pass
 
 

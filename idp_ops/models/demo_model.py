@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from idp_ops.backup.manifest import hash_file
+from idp_ops.errors import IdpOpsError
 from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
 
 
-class DemoModelError(RuntimeError):
+class DemoModelError(IdpOpsError, RuntimeError):
     pass
 
 

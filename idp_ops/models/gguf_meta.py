@@ -38,6 +38,8 @@ from gguf.constants import (
     LlamaFileType,
 )
 
+from idp_ops.errors import IdpOpsError
+
 KIND_GGUF = "gguf"
 KIND_SAFETENSORS = "safetensors"
 KIND_CONFIG = "config"
@@ -81,7 +83,7 @@ _GGUF_LAYER = re.compile(r"^blk\.(\d+)\.")
 _HF_LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
 
-class ModelScanError(Exception):
+class ModelScanError(IdpOpsError):
     """The scan cannot run at all (the models dir is missing or unreadable)."""
 
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from idp_ops.errors import IdpOpsError
+
 GB = 1e9
 
 
-class PhysicsError(ValueError):
+class PhysicsError(IdpOpsError, ValueError):
     pass
 
 

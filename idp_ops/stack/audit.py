@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from idp_ops.errors import ProblemFound
 from idp_ops.stack.audit_load import (
     ComposeFileError,
     assemble,
@@ -654,7 +655,7 @@ def has_high(findings: Iterable[Finding]) -> bool:
 # --- the deploy gate ---------------------------------------------------------
 
 
-class AuditGateError(RuntimeError):
+class AuditGateError(ProblemFound, RuntimeError):
     """High findings in the compose file: the deploy must not start. Carries every finding."""
 
     def __init__(self, compose_file: Path, findings: list[Finding]):

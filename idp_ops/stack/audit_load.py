@@ -31,8 +31,10 @@ from typing import Any
 
 import yaml
 
+from idp_ops.errors import IdpOpsError
 
-class ComposeFileError(ValueError):
+
+class ComposeFileError(IdpOpsError, ValueError):
     """The compose file is missing, does not parse, or is not shaped like one."""
 
 

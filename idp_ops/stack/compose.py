@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from idp_ops.errors import IdpOpsError
+
 # What a failing `up` tends to print, turned into one line an operator can act on.
 _HINTS = [
     (
@@ -48,7 +50,7 @@ _HINTS = [
 ]
 
 
-class ComposeError(RuntimeError):
+class ComposeError(IdpOpsError, RuntimeError):
     """A compose command failed; ``stderr`` holds what the CLI said."""
 
     def __init__(self, message: str, *, command: list[str] | None = None, stderr: str = "", hint: str | None = None):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from idp_ops.errors import ProblemFound
 from idp_ops.fsutil import atomic_write_json
 from idp_ops.settings import Settings
 from idp_ops.stack.audit import audit_gate
@@ -31,7 +32,7 @@ from idp_ops.stack.secrets import read_key
 Log = Callable[[str], None]
 
 
-class DeployError(RuntimeError):
+class DeployError(ProblemFound, RuntimeError):
     pass
 
 

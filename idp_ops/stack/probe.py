@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
+from idp_ops.errors import IdpOpsError
+
 # llama-server answers 503 while loading the model; vLLM refuses connections until ready.
 _NOT_READY_STATUSES = {502, 503, 504}
 
 
-class ProbeError(RuntimeError):
+class ProbeError(IdpOpsError, RuntimeError):
     pass
 
 

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from idp_ops.errors import IdpOpsError
 from idp_ops.fsutil import atomic_write_text
 
 KEY_BYTES = 32  # 256 bits
@@ -24,7 +25,7 @@ ENV_FILE_NAME = "api-keys.env"
 _KEY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class SecretsError(RuntimeError):
+class SecretsError(IdpOpsError, RuntimeError):
     pass
 
 

@@ -4,7 +4,7 @@ Plain Python, no Dagster. Every source answers ``sample()`` with one :class:`Sam
 per device, stamped in UTC, and ``thresholds()`` with the driver's own temperature
 limits where it knows them.
 
-NVML facts this module rests on (measured on an H200, ``../shared/fixtures/h200_nvml_report.json``):
+NVML facts this module rests on (measured on an H200, ``idp_ops_tests/fixtures/h200_nvml_report.json``):
 ``nvmlInit`` costs ~9 ms (done once per source), the seed's five fields ~12 us together,
 ``nvmlDeviceGetTotalEnergyConsumption`` ~4 ms (read at most once per sample), and a
 NotSupported answer (fan speed on a passive card) costs ~140 us: a field that answered
@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from idp_ops.errors import IdpOpsError
 
 MIB = 1024 * 1024
 
@@ -94,7 +96,7 @@ class DriverThresholds:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class TelemetryError(RuntimeError):
+class TelemetryError(IdpOpsError, RuntimeError):
     """A source cannot deliver: NVML unavailable, the driver gone, an unreadable trace file."""
 
 
@@ -606,7 +608,7 @@ def _cpu_readings(sensors: dict[str, list[Any]]) -> list[tuple[int, tuple[float 
 PLAN_COLUMNS = ("timestamp", "temperature_c", "power_w", "utilization_pct", "memory_used_mb", "memory_total_mb")
 # Our own CSV: "timestamp", then Sample's fields by name (the plan's columns are a subset).
 SAMPLE_CSV_COLUMNS = ("timestamp",) + tuple(f.name for f in fields(Sample) if f.name != "ts")
-# The NVML probe trace (../shared/fixtures/h200_trace.csv): relative seconds and raw NVML units.
+# The NVML probe trace (idp_ops_tests/fixtures/h200_trace.csv): relative seconds and raw NVML units.
 PROBE_COLUMNS = ("t_s", "temperature", "power_mw", "energy_mj", "util", "memory", "sm_clock", "clocks_event_reasons")
 
 _MISSING = {"", "n/a", "[n/a]", "na", "none", "null", "[not supported]", "not supported", "nan"}

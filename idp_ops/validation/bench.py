@@ -42,6 +42,8 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, SSEError
 
+from idp_ops.errors import IdpOpsError
+
 Progress = Callable[[str], None]
 
 # llama-server answers 503 while it loads the model; proxies in front answer 502/504.
@@ -64,7 +66,7 @@ _SUBJECTS = (
 )
 
 
-class BenchError(RuntimeError):
+class BenchError(IdpOpsError, RuntimeError):
     """The benchmark cannot measure anything: not ready, key rejected, bad arguments."""
 
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from idp_ops.errors import IdpOpsError
 from idp_ops.validation.locustfiles import INFERENCE_LOCUSTFILE
 
 USER_CLASSES = {"openai": "OpenAIUser", "llamacpp": "LlamaCppUser"}
@@ -31,7 +32,7 @@ RESPONSE_TIME_NOTE = (
 )
 
 
-class LoadTestError(RuntimeError):
+class LoadTestError(IdpOpsError, RuntimeError):
     """Locust could not run (not installed, bad arguments, no stats written)."""
 
 

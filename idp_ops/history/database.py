@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -213,6 +214,43 @@ class HistoryError(IdpOpsError, RuntimeError):
     pass
 
 
+# -- writes by column name ---------------------------------------------------
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchall()
+    if not rows:
+        raise HistoryError(f"history has no table {table!r}")
+    return {name for (name,) in rows}
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> int:
+    """Insert rows given as {column: value}, never by position.
+
+    Every row must name the same columns, each of them a column of ``table``: a
+    misspelled or missing column is an error here, not a value shifted into the
+    wrong field by a migration that added one. Values may be SQL expressions only
+    through the schema's defaults (columns left out).
+    """
+    if not rows:
+        return 0
+    names = list(rows[0])
+    unknown = sorted(set(names) - _columns(con, table))
+    if unknown:
+        raise HistoryError(f"{table} has no column(s) {unknown}")
+    for row in rows:
+        if list(row) != names:
+            raise HistoryError(f"rows for {table} name different columns: {names} and {list(row)}")
+    placeholders = ", ".join("?" for _ in names)
+    con.executemany(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})", [[row[n] for n in names] for row in rows]
+    )
+    return len(rows)
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring the schema up to date; returns the version it is at."""
     con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)")
@@ -224,7 +262,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         try:
             for statement in statements:
                 con.execute(statement)
-            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+            con.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, now())", [version])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

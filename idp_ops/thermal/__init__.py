@@ -1,0 +1,3 @@
+"""The thermal watch: telemetry sources (NVML, hwmon, CSV replay), the pure policy, one watch
+tick shared by the sensor and the guard, the spool and its DuckDB store. defs.py: thermal_log,
+thermal_ingest_job and its schedule, thermal_sensor."""

@@ -12,10 +12,11 @@ import json
 import statistics
 import threading
 from dataclasses import asdict, dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 import duckdb
 
+from idp_ops.history import database as history
 from idp_ops.physics.ceilings import EndpointCeiling
 from idp_ops.physics.formulas import criterion_status
 from idp_ops.settings import Endpoint
@@ -265,38 +266,41 @@ def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceilin
     try:
         con.execute("DELETE FROM bench_samples WHERE night = ? AND endpoint = ?", [night, report.endpoint])
         con.execute("DELETE FROM bench_runs WHERE night = ? AND endpoint = ?", [night, report.endpoint])
-        con.execute(
-            "INSERT INTO bench_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        history.insert_rows(
+            con,
+            "bench_runs",
             [
-                night,
-                report.endpoint,
-                report.protocol,
-                report.url,
-                report.model,
-                report.started_at,
-                report.decode_tok_s,
-                report.server_decode_tok_s,
-                _p(report, "warm_ttft", "ttft_ms", "p50"),
-                _p(report, "warm_ttft", "ttft_ms", "p95"),
-                _p(report, "decode", "itl_ms", "p50"),
-                _p(report, "decode", "tpot_ms", "p50"),
-                _p(report, "decode", "e2e_ms", "p50"),
-                top.concurrency if top else None,
-                top.success_rate if top else None,
-                top.aggregate_output_tok_s if top else None,
-                ceiling_tok_s,
-                json.dumps(report.errors_by_kind, sort_keys=True),
-                json.dumps(
-                    [
-                        {
-                            "concurrency": s.concurrency,
-                            "success_rate": s.success_rate,
-                            "aggregate_tok_s": s.aggregate_output_tok_s,
-                        }
-                        for s in report.sweep
-                    ]
-                ),
-                report.ok,
+                {
+                    "night": night,
+                    "endpoint": report.endpoint,
+                    "protocol": report.protocol,
+                    "url": report.url,
+                    "model": report.model,
+                    "started_at": report.started_at,
+                    "decode_tok_s": report.decode_tok_s,
+                    "server_decode_tok_s": report.server_decode_tok_s,
+                    "ttft_p50_ms": _p(report, "warm_ttft", "ttft_ms", "p50"),
+                    "ttft_p95_ms": _p(report, "warm_ttft", "ttft_ms", "p95"),
+                    "itl_p50_ms": _p(report, "decode", "itl_ms", "p50"),
+                    "tpot_p50_ms": _p(report, "decode", "tpot_ms", "p50"),
+                    "e2e_p50_ms": _p(report, "decode", "e2e_ms", "p50"),
+                    "max_concurrency": top.concurrency if top else None,
+                    "success_rate_at_max": top.success_rate if top else None,
+                    "aggregate_tok_s_at_max": top.aggregate_output_tok_s if top else None,
+                    "ceiling_tok_s": ceiling_tok_s,
+                    "errors": json.dumps(report.errors_by_kind, sort_keys=True),
+                    "sweep": json.dumps(
+                        [
+                            {
+                                "concurrency": s.concurrency,
+                                "success_rate": s.success_rate,
+                                "aggregate_tok_s": s.aggregate_output_tok_s,
+                            }
+                            for s in report.sweep
+                        ]
+                    ),
+                    "ok": report.ok,
+                }
             ],
         )
         rows = []
@@ -304,24 +308,23 @@ def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceilin
             for sample in scenario.samples:
                 itl = statistics.median(sample.itl_ms) if sample.itl_ms else None
                 rows.append(
-                    [
-                        night,
-                        report.endpoint,
-                        scenario.scenario,
-                        scenario.concurrency,
-                        sample.index,
-                        sample.started_at,
-                        sample.ttft_ms,
-                        sample.e2e_ms,
-                        sample.tpot_ms,
-                        itl,
-                        sample.output_tokens,
-                        sample.status,
-                        sample.error,
-                    ]
+                    {
+                        "night": night,
+                        "endpoint": report.endpoint,
+                        "scenario": scenario.scenario,
+                        "concurrency": scenario.concurrency,
+                        "idx": sample.index,
+                        "started_at": sample.started_at,
+                        "ttft_ms": sample.ttft_ms,
+                        "e2e_ms": sample.e2e_ms,
+                        "tpot_ms": sample.tpot_ms,
+                        "itl_p50_ms": itl,
+                        "output_tokens": sample.output_tokens,
+                        "status": sample.status,
+                        "error": sample.error,
+                    }
                 )
-        if rows:
-            con.executemany("INSERT INTO bench_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        history.insert_rows(con, "bench_samples", rows)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -330,20 +333,24 @@ def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceilin
 
 def record_load_test(con: duckdb.DuckDBPyConnection, night: date, endpoint: str, result) -> None:
     con.execute("DELETE FROM load_tests WHERE night = ? AND endpoint = ?", [night, endpoint])
-    con.execute(
-        "INSERT INTO load_tests VALUES (?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    history.insert_rows(
+        con,
+        "load_tests",
         [
-            night,
-            endpoint,
-            result.users,
-            result.run_time_s,
-            result.requests,
-            result.failures,
-            result.server_errors,
-            result.rps,
-            result.p50_ms,
-            result.p95_ms,
-            json.dumps(result.failures_by_status, sort_keys=True),
-            result.ok,
+            {
+                "night": night,
+                "endpoint": endpoint,
+                "started_at": datetime.now(UTC),
+                "users": result.users,
+                "run_time_s": result.run_time_s,
+                "requests": result.requests,
+                "failures": result.failures,
+                "failures_5xx": result.server_errors,
+                "rps": result.rps,
+                "p50_ms": result.p50_ms,
+                "p95_ms": result.p95_ms,
+                "failures_by_status": json.dumps(result.failures_by_status, sort_keys=True),
+                "ok": result.ok,
+            }
         ],
     )

@@ -20,7 +20,14 @@ from pathlib import Path
 from idp_ops.models.demo_model import fetch_demo_model
 from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.deploy import compose_project
-from idp_ops_tests.thermal_e2e import contain_through_daemon, contain_through_guard, deploy_fresh, replay_settings
+
+# The harness is shared with the tests (idp_ops_tests/thermal/test_e2e_thermal.py).
+from idp_ops_tests.support.thermal_e2e import (
+    contain_through_daemon,
+    contain_through_guard,
+    deploy_fresh,
+    replay_settings,
+)
 
 
 def main(rounds: int) -> None:

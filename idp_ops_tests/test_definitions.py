@@ -91,3 +91,20 @@ def test_jobs_select_their_domains():
     assert keys("nightly_validation_job") == {"benchmark_results", "load_test_results"}
     assert keys("weekly_backup_job") == {"model_manifest", "model_backup"}
     assert "model_files" in keys("reports_job") and "model_downloads" not in keys("reports_job")
+
+
+def test_the_code_location_loads_as_dagster_loads_it():
+    """`dagster definitions validate` finds exactly one Definitions at the module's top level."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "idp_ops.definitions"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Validation successful for code location idp_ops.definitions" in result.stdout + result.stderr

@@ -17,9 +17,8 @@ from idp_ops.definitions import defs
 from idp_ops.history import database as history
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
-
-from .conftest import write_settings
-from .core.test_manifest import flip_bit
+from idp_ops_tests.support.model_store import flip_bit
+from idp_ops_tests.support.settings_files import write_settings
 
 MARKER = ".idp-backup-volume"
 

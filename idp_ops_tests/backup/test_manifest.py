@@ -22,34 +22,9 @@ from idp_ops.backup.manifest import (
     write_manifest,
 )
 from idp_ops.history import database as history
+from idp_ops_tests.support.model_store import flip_bit, make_store
 
 EXCLUDES = ["*.tmp", "cache/"]
-
-
-def make_store(root: Path) -> Path:
-    files = {
-        "llama/model-00001.gguf": os.urandom(300_000),
-        "llama/config.json": b'{"a": 1}',
-        "qwen/tokenizer.json": b"{}" * 1000,
-        "qwen/weights.safetensors": os.urandom(150_000),
-        "empty.bin": b"",
-    }
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
-
-
-def flip_bit(path: Path, offset: int) -> None:
-    """One flipped bit, with size and mtime put back exactly as they were."""
-    st = path.stat()
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ 0x01]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.fixture
@@ -236,7 +211,7 @@ def _cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_cli_manifest_then_verify_catches_one_flipped_bit_and_names_the_file(store, tmp_path):
-    from idp_ops_tests.conftest import write_settings
+    from idp_ops_tests.support.settings_files import write_settings
 
     config = write_settings(tmp_path / "idp.yaml", home=tmp_path / "home", models_dir=store)
     made = _cli("manifest", str(store), "--json", config=config)
@@ -267,7 +242,7 @@ def test_cli_manifest_then_verify_catches_one_flipped_bit_and_names_the_file(sto
 
 
 def test_files_in_progress_are_never_listed_whatever_the_excludes(store, tmp_path):
-    # core/downloads.py's partial, huggingface_hub's, an atomic write's temp: none is part of the store.
+    # models/downloads.py's partial, huggingface_hub's, an atomic write's temp: none is part of the store.
     (store / "llama" / ".model-00002.gguf.part").write_bytes(b"half a download")
     (store / "qwen" / "blob.incomplete").write_bytes(b"half a hub download")
     (store / "qwen" / ".weights.safetensors.1234.tmp").write_bytes(b"half a write")

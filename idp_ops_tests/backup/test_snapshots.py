@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from idp_ops.backup.manifest import MANIFEST_NAME, Entry, build_manifest, load_manifest, verify
+from idp_ops.backup.manifest import MANIFEST_NAME, Entry, build_manifest, load_manifest
 from idp_ops.backup.snapshots import (
     DATA,
     IN_PROGRESS,
@@ -33,11 +33,15 @@ from idp_ops.backup.snapshots import (
     scrub_slice_of,
 )
 from idp_ops.history import database as history
-
-from .test_manifest import flip_bit, make_store
-
-MARKER = ".idp-backup-volume"
-EXCLUDES = ["*.tmp", "cache/"]
+from idp_ops_tests.support.model_store import (
+    EXCLUDES,
+    MARKER,
+    flip_bit,
+    make_store,
+    run_backup,
+    snapshot_dir,
+    verify_snapshot,
+)
 
 
 @pytest.fixture
@@ -65,23 +69,6 @@ def small_volume(tmp_path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def run_backup(store: Path, dest: Path, **kwargs):
-    cache = kwargs.pop("cache_file", store.parent / "history.duckdb")
-    manifest = build_manifest(store, cache_file=cache, excludes=EXCLUDES).manifest
-    kwargs.setdefault("excludes", EXCLUDES)
-    kwargs.setdefault("marker_file", MARKER)
-    return backup(store, dest, manifest, **kwargs)
-
-
-def snapshot_dir(dest: Path, name: str) -> Path:
-    return dest / SNAPSHOTS / name
-
-
-def verify_snapshot(dest: Path, name: str):
-    snap = snapshot_dir(dest, name)
-    return verify(snap / DATA, snap / MANIFEST_NAME)
 
 
 # -- the destination ----------------------------------------------------------
@@ -582,7 +569,7 @@ def test_a_restore_while_a_backup_runs_is_refused_clearly(store, dest):
 
 
 def test_downloads_in_progress_are_neither_in_the_manifest_nor_copied(store, dest):
-    (store / "llama" / ".model-00002.gguf.part").write_bytes(os.urandom(50_000))  # core/downloads.py's partial
+    (store / "llama" / ".model-00002.gguf.part").write_bytes(os.urandom(50_000))  # models/downloads.py's partial
     (store / "qwen" / "blob.incomplete").write_bytes(b"huggingface_hub's partial")
     manifest = build_manifest(store, excludes=[]).manifest  # nothing configured: excluded all the same
 

@@ -1,24 +1,13 @@
 """The idp-ops console script, run as a real subprocess."""
 
 import json
-import os
 import stat
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from idp_ops.settings import REPO_ROOT
-
-IDP_OPS = [sys.executable, "-m", "idp_ops.cli"]
-
-
-def idp_ops(*args, env=None, cwd=None):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
-    return subprocess.run(
-        IDP_OPS + list(args), capture_output=True, text=True, env={**clean, **(env or {})}, cwd=cwd, timeout=120
-    )
+from idp_ops_tests.support.cli import idp_ops
 
 
 def test_audit_compose_passes_the_shipped_files():

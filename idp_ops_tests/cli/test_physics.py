@@ -1,6 +1,6 @@
 import json
 
-from idp_ops_tests.test_cli import idp_ops
+from idp_ops_tests.support.cli import idp_ops
 
 
 def test_ceiling_reproduces_the_plans_89_6_tok_s():

@@ -17,15 +17,14 @@ from idp_ops.models.defs import model_downloads, model_files
 from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import DEMO_MODEL_FILE, load_settings
-
-from .conftest import tiny_gguf, write_settings
-from .core.test_downloads import server  # noqa: F401  (the Range-capable HTTP server fixture)
+from idp_ops_tests.support.gguf_files import tiny_gguf
+from idp_ops_tests.support.settings_files import write_settings
 
 pytestmark = pytest.mark.model
 
 
 @pytest.fixture
-def box(tmp_path, demo_models_dir, server):  # noqa: F811
+def box(tmp_path, demo_models_dir, server):
     """Settings for a box whose models dir holds the Gemma file, a corrupt file and one declared download."""
     models = tmp_path / "models"
     models.mkdir()

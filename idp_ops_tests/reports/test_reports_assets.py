@@ -19,12 +19,12 @@ from idp_ops.physics.report import ModelFacts, ceiling_for, criteria_rows, model
 from idp_ops.reports.defs import performance_trend, roi_report
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
-
-from .conftest import tiny_gguf, write_settings
-from .core.test_trends import nightly_history, seed_bench_runs, seed_thermal_hourly
+from idp_ops_tests.support.gguf_files import tiny_gguf
+from idp_ops_tests.support.history_seed import nightly_history, seed_bench_runs, seed_thermal_hourly
+from idp_ops_tests.support.settings_files import write_settings
 
 ASSETS = [memory_bandwidth, throughput_ceilings, performance_trend, roi_report]
-# A small probe: the assets' logic is under test here, not the bandwidth (core/test_bandwidth.py).
+# A small probe: the assets' logic is under test here, not the bandwidth (physics/test_bandwidth.py).
 RUN_CONFIG = {"ops": {"memory_bandwidth": {"config": {"buffer_mb": 32, "repeats": 3, "gpu_buffer_mb": 32}}}}
 PNG_IN_MARKDOWN = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 PNG_IN_HTML = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
@@ -161,7 +161,7 @@ def test_reports_job_and_its_daily_schedule_are_registered():
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
 
 
-# -- the ceiling table's logic (core/ceiling_report.py) ----------------------------------
+# -- the ceiling table's logic (physics/report.py) -------------------------------------
 
 
 def test_a_model_larger_than_vram_gets_the_hybrid_ceiling_not_the_gpu_one(tmp_path):

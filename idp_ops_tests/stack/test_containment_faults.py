@@ -12,12 +12,10 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from idp_ops.settings import load_settings
 from idp_ops.stack.compose import DockerUnavailable
 from idp_ops.stack.deploy import DeployError, clear_latch, compose_project, contain, deploy, read_latch
 from idp_ops.stack.probe import ProbeError
@@ -25,48 +23,11 @@ from idp_ops.stack.secrets import ensure_keys
 from idp_ops.thermal.policy import PolicyConfig
 from idp_ops.thermal.telemetry import Sample
 from idp_ops.thermal.watch import WatchState, watch_tick
-from idp_ops_tests.conftest import free_port, write_settings
-from idp_ops_tests.docker_engine import SecondEngine
+from idp_ops_tests.support.docker_engine import SecondEngine
+from idp_ops_tests.support.gpu_standin import GPU_STANDIN, running, standin_settings
+from idp_ops_tests.support.ports import free_port
 
 pytestmark = [pytest.mark.docker]
-
-GPU_STANDIN = """\
-services:
-  gpu-standin:
-    image: ${IDP_LLAMA_SERVER_IMAGE}
-    entrypoint: ["/bin/busybox", "sleep", "3600"]
-    restart: unless-stopped
-    network_mode: none
-    stop_grace_period: 1s
-    user: "65534:65534"
-    read_only: true
-    cap_drop: [ALL]
-    security_opt: ["no-new-privileges:true"]
-    logging: {driver: json-file, options: {max-size: "1m", max-file: "2"}}
-    healthcheck: {test: ["CMD", "/bin/busybox", "true"], interval: 5s}
-    deploy: {resources: {limits: {cpus: "0.1", memory: 32m, pids: 16}}}
-"""
-
-
-def standin_settings(tmp_path, image, **extra):
-    compose = tmp_path / "gpu-standin.yml"
-    compose.write_text(GPU_STANDIN)
-    values = {
-        "profile": "gpu",
-        "home": str(tmp_path / "home"),
-        "compose_file": str(compose),
-        "compose_project": f"idp-test-contain-{uuid.uuid4().hex[:8]}",
-        "llama_server_image": image,
-        "gpu_services": ["gpu-standin"],
-        "stop_timeout_s": 2,
-        "endpoints": [],
-        **extra,
-    }
-    return load_settings(write_settings(tmp_path / "idp-ops.yaml", **values))
-
-
-def running(settings) -> set[str]:
-    return {s.service for s in compose_project(settings).ps() if s.running}
 
 
 def wait_for(predicate, hang_guard_s: float, what: str) -> None:

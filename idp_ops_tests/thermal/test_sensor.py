@@ -17,7 +17,8 @@ from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import read_latch
 from idp_ops.thermal.defs import thermal_sensor
 from idp_ops.thermal.watch import Spool, webhooks
-from idp_ops_tests.conftest import FIXTURES, write_settings
+from idp_ops_tests.support.recorded_data import FIXTURES
+from idp_ops_tests.support.settings_files import write_settings
 
 TRACE = FIXTURES / "h200_trace.csv"
 
@@ -125,7 +126,7 @@ class HangingWebhook(BaseHTTPRequestHandler):
 
 
 def _closed_port() -> int:
-    from idp_ops_tests.conftest import free_port
+    from idp_ops_tests.support.ports import free_port
 
     return free_port()  # bound and released: nothing listens there
 

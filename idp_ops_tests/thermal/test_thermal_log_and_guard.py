@@ -19,7 +19,8 @@ from idp_ops.stack.deploy import compose_project, deploy, read_latch
 from idp_ops.stack.secrets import ensure_keys
 from idp_ops.thermal.telemetry import CsvReplaySource, Sample
 from idp_ops.thermal.watch import Spool
-from idp_ops_tests.conftest import FIXTURES, cpu_stack_settings, write_settings
+from idp_ops_tests.support.recorded_data import FIXTURES
+from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
 
 TRACE = FIXTURES / "h200_trace.csv"
 DAY = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

@@ -22,6 +22,18 @@ from idp_ops_tests.support.range_server import RangeHandler, ServerState
 LOCAL_IMAGE_HINT = "run compose/setup.sh first (it pulls or builds the llama-server image and writes the model)"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_this_runs_stacks():
+    """Whatever a test leaves running (a failure before its own cleanup) goes at the end."""
+    yield
+    from idp_ops_tests.support.projects import remove_projects_of_this_run
+
+    try:
+        remove_projects_of_this_run()
+    except (OSError, subprocess.SubprocessError) as exc:  # no docker here: nothing of ours can be running
+        print(f"cleanup of this run's compose projects skipped: {exc}")
+
+
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch):
     for name in list(os.environ):

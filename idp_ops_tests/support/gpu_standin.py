@@ -7,6 +7,7 @@ import uuid
 
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project
+from idp_ops_tests.support.projects import unique_project
 from idp_ops_tests.support.settings_files import write_settings
 
 GPU_STANDIN = """\
@@ -34,7 +35,7 @@ def standin_settings(tmp_path, image, **extra):
         "profile": "gpu",
         "home": str(tmp_path / "home"),
         "compose_file": str(compose),
-        "compose_project": f"idp-test-contain-{uuid.uuid4().hex[:8]}",
+        "compose_project": unique_project(f"idp-test-contain-{uuid.uuid4().hex[:4]}"),
         "llama_server_image": image,
         "gpu_services": ["gpu-standin"],
         "stop_timeout_s": 2,

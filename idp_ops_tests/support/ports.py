@@ -1,11 +1,19 @@
-"""Free TCP ports on the loopback interface."""
+"""Free TCP ports on the loopback interface, never the same one twice in a test run."""
 
 from __future__ import annotations
 
 import socket
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    # The kernel may hand a just-released port out again; two settings files built in
+    # one test must not name the same port (the second stack would fail to bind).
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from idp_ops_tests.support.ports import free_port
+from idp_ops_tests.support.projects import unique_project
 
 
 def write_settings(path: Path, **values) -> Path:
@@ -31,7 +32,7 @@ def cpu_stack_settings(home: Path, models_dir: Path, image: str, project: str) -
         "profile": "cpu",
         "home": home,
         "models_dir": models_dir,
-        "compose_project": project,
+        "compose_project": unique_project(project),
         "llama_server_image": image,
         "deploy_timeout_s": 180,
         "stop_timeout_s": 5,

@@ -56,13 +56,9 @@ Verification after rsync, cheapest first:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -74,10 +70,7 @@ from typing import TYPE_CHECKING
 from idp_ops.backup import guard as backup_guard
 from idp_ops.backup import state as backup_state
 from idp_ops.backup.manifest import (
-    BLOCK_SIZE,
-    IN_PROGRESS_EXCLUDES,
     MANIFEST_NAME,
-    OWN_FILES,
     Entry,
     Manifest,
     ManifestError,
@@ -97,6 +90,15 @@ from idp_ops.backup.restore import (  # noqa: F401  (the restore is part of this
 )
 from idp_ops.backup.retention import SNAPSHOT_RE, retention  # noqa: F401
 from idp_ops.backup.retention import snapshot_key as _snapshot_key
+from idp_ops.backup.rsync import (  # noqa: F401  (part of this module's public API)
+    PARTIAL_DIR,
+    RSYNC_EXIT_MEANINGS,
+    RSYNC_VANISHED,
+    RsyncResult,
+    run_rsync,
+)
+from idp_ops.backup.scrub import SCRUB_SPLIT_BYTES, ScrubRange, scrub_ranges, scrub_slice_of  # noqa: F401  (public API)
+from idp_ops.backup.scrub import run_scrub as _scrub
 from idp_ops.backup.volume import (  # noqa: F401
     DATA,
     LOCK_NAME,
@@ -107,7 +109,6 @@ from idp_ops.backup.volume import (  # noqa: F401
     RestoreError,
     list_snapshots,
 )
-from idp_ops.backup.volume import copy_verified as _copy_verified
 from idp_ops.backup.volume import fsync_dir as _fsync_dir
 from idp_ops.backup.volume import volume_lock as _exclusive
 from idp_ops.fsutil import atomic_write_json
@@ -118,32 +119,9 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 IN_PROGRESS = ".in-progress"
-PARTIAL_DIR = ".rsync-partial"
 REPORT_NAME = "backup.json"
 SCRUB_STATE = "scrub-state.json"
 PROGRESS_INTERVAL_S = 10.0
-
-# rsync(1) EXIT VALUES, so a failure reads as words and not a number.
-RSYNC_EXIT_MEANINGS = {
-    1: "syntax or usage error",
-    2: "protocol incompatibility",
-    3: "errors selecting input/output files or directories",
-    5: "error starting client-server protocol",
-    10: "error in socket I/O",
-    11: "error in file I/O",
-    12: "error in rsync protocol data stream",
-    13: "errors with program diagnostics",
-    14: "error in IPC code",
-    20: "received SIGUSR1 or SIGINT",
-    21: "some error returned by waitpid()",
-    22: "error allocating core memory buffers",
-    23: "partial transfer due to error",
-    24: "partial transfer due to vanished source files",
-    25: "the --max-delete limit stopped deletions",
-    30: "timeout in data send/receive",
-    35: "timeout waiting for daemon connection",
-}
-RSYNC_VANISHED = 24
 
 
 def _quiet(_: str) -> None:
@@ -206,142 +184,6 @@ def _new_snapshot_name(root: Path, started: datetime, latest: Path | None) -> st
         if not (root / name).exists():
             return name
         seq += 1
-
-
-def scrub_slice_of(path: str, slices: int) -> int:
-    """Which scrub slice a small file belongs to (big ones are split, see scrub_ranges):
-    a hash of its path, so adding or removing files never moves the others."""
-    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") % slices
-
-
-# -- running rsync ------------------------------------------------------------
-
-
-@dataclass
-class RsyncResult:
-    exit_code: int
-    transferred: dict[str, int]  # relative path -> size, for regular files rsync wrote
-    stats: dict[str, int]
-    stderr: str
-    seconds: float
-    command: list[str]
-
-    @property
-    def meaning(self) -> str:
-        return RSYNC_EXIT_MEANINGS.get(self.exit_code, "unknown error")
-
-    @property
-    def out_of_space(self) -> bool:
-        return "No space left on device" in self.stderr or "(28)" in self.stderr
-
-
-_ITEMIZED_FILE = re.compile(r"^>f\S{9} (\d+) (.*)$")
-_PROGRESS2 = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)\s+(\S+)(?:\s+\(xfr#(\d+), (?:ir|to)-chk=(\d+)/(\d+)\))?")
-_STAT_LINE = re.compile(r"^(Number of [a-z ]+|Total [a-z ]+|Literal data|Matched data|File list size): ([\d,]+)")
-_ESCAPED = re.compile(r"\\#([0-7]{3})")
-
-
-def _unescape(name: str) -> str:
-    # rsync prints unprintable bytes in names as \#ooo.
-    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 8)), name)
-
-
-def run_rsync(
-    source: Path,
-    target: Path,
-    *,
-    link_dest: Path | None = None,
-    excludes: Iterable[str] = (),
-    log: Log = _quiet,
-    on_output: Callable[[str], None] | None = None,
-    progress_interval_s: float = PROGRESS_INTERVAL_S,
-) -> RsyncResult:
-    """Copy ``source/`` into ``target/``; stream rsync's output, logging progress every
-    ``progress_interval_s``; return the files it transferred and its ``--stats``.
-
-    No ``--checksum``: rsync compares size and mtime (the manifest and the scrub do
-    the reading), so an unchanged store costs one stat per file on each side.
-    ``--delete`` only ever touches ``target`` (the in-progress snapshot), where it
-    removes files a resumed run copied before they were deleted at the source.
-    """
-    if shutil.which("rsync") is None:
-        raise BackupError("rsync is not installed (Debian/Ubuntu: apt-get install rsync)")
-    command = [
-        "rsync",
-        "--archive",
-        "--numeric-ids",
-        # Compare mtimes to the nanosecond, as the manifest cache does: by default rsync
-        # compares whole seconds and would hard-link a same-size file rewritten within
-        # the second to its stale copy. (A volume that can hold --link-dest hard links
-        # is a POSIX file system, which keeps nanoseconds.)
-        "--modify-window=-1",
-        "--delete",
-        f"--partial-dir={PARTIAL_DIR}",
-        "--out-format=%i %l %n",
-        "--info=progress2",
-        "--stats",
-    ]
-    if link_dest is not None:
-        command.append(f"--link-dest={link_dest}")
-    command += [f"--exclude={pattern}" for pattern in (*IN_PROGRESS_EXCLUDES, *excludes)]
-    # A manifest written into the store (`idp-ops manifest DIR`) is not part of it, as in scan():
-    # the snapshot holds exactly what its own manifest lists.
-    command += [f"--exclude=/{name}" for name in sorted(OWN_FILES)]
-    command += [f"{source}/", f"{target}/"]
-    started = time.monotonic()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stderr_chunks: list[bytes] = []
-    drain = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
-    drain.start()
-    transferred: dict[str, int] = {}
-    stats: dict[str, int] = {}
-    last_progress: str | None = None
-    next_log = started + progress_interval_s
-    pending = b""
-
-    def handle(line: str) -> None:
-        nonlocal last_progress
-        if on_output is not None:
-            on_output(line)
-        if match := _ITEMIZED_FILE.match(line):
-            transferred[_unescape(match.group(2))] = int(match.group(1))
-        elif match := _PROGRESS2.match(line):
-            done, pct, rate, eta = match.group(1, 2, 3, 4)
-            copied = _gb(int(done.replace(",", "")))
-            last_progress = f"rsync: {copied} ({pct}%) at {rate}, eta {eta}, {len(transferred)} files so far"
-        elif match := _STAT_LINE.match(line):
-            key = match.group(1).lower().replace(" ", "_")
-            stats[key] = int(match.group(2).replace(",", ""))
-
-    fd = proc.stdout.fileno()
-    try:
-        while chunk := os.read(fd, 65536):
-            # progress2 rewrites its line with \r; file names and stats end with \n.
-            parts = re.split(rb"[\r\n]", pending + chunk)
-            pending = parts.pop()
-            for raw in parts:
-                if raw.strip():
-                    handle(os.fsdecode(raw))
-            now = time.monotonic()
-            if last_progress and now >= next_log:
-                log(last_progress)
-                next_log = now + progress_interval_s
-        if pending.strip():
-            handle(os.fsdecode(pending))
-    except BaseException:
-        # Interrupted (run terminated, Ctrl-C, a failing callback): rsync must not go on
-        # writing into the snapshot after the lock is released.
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
-    exit_code = proc.wait()
-    drain.join()
-    stderr = b"".join(stderr_chunks).decode("utf-8", "replace").strip()
-    return RsyncResult(exit_code, transferred, stats, stderr, time.monotonic() - started, command)
 
 
 # -- backup -------------------------------------------------------------------
@@ -876,143 +718,6 @@ def _verify(
         Entry(rel, st.st_size, st.st_mtime_ns, sha) for rel in v.added for sha, st in [at_dest.hashes[rel]]
     ]
     return v, added_entries
-
-
-# -- the scrub ----------------------------------------------------------------
-
-# Files at least this big are scrubbed a 1/N byte range per run (every run reads the
-# same share of the store, however few and big the files); smaller ones whole, in the
-# run their path hashes to.
-SCRUB_SPLIT_BYTES = 64 * 1024 * 1024
-# Ranges are compared in pieces of at most this size, so one big file uses every thread.
-SCRUB_TASK_BYTES = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ScrubRange:
-    path: str
-    offset: int
-    length: int
-
-
-def scrub_ranges(entries: Iterable[Entry], slice_index: int, slices: int) -> list[ScrubRange]:
-    """What run ``slice_index`` of every ``slices`` re-reads: over ``slices`` consecutive
-    runs every byte of every file exactly once. Stable when files come and go."""
-    ranges = []
-    for entry in entries:
-        if entry.size >= SCRUB_SPLIT_BYTES:
-            start = entry.size * slice_index // slices
-            end = entry.size * (slice_index + 1) // slices
-            if end > start:
-                ranges.append(ScrubRange(entry.path, start, end - start))
-        elif scrub_slice_of(entry.path, slices) == slice_index:
-            ranges.append(ScrubRange(entry.path, 0, entry.size))
-    return ranges
-
-
-def _ranges_equal(a: Path, b: Path, offset: int, length: int) -> bool:
-    """Byte-compare the same range of two files. Memory speed (~14 GB/s measured here
-    against 1.6 GB/s for sha256): the scrub only hashes when the copies disagree."""
-    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
-        for handle in (fa, fb):
-            os.posix_fadvise(handle.fileno(), offset, length, os.POSIX_FADV_SEQUENTIAL)
-        fa.seek(offset)
-        fb.seek(offset)
-        try:
-            remaining = length
-            while remaining > 0:
-                n = min(BLOCK_SIZE, remaining)
-                x, y = fa.read(n), fb.read(n)
-                if x != y or len(x) != n:
-                    return False
-                remaining -= n
-            return True
-        finally:
-            # The backup copy's pages are never needed again (see hash_file).
-            os.posix_fadvise(fb.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
-
-
-def _scrub(
-    source: Path,
-    work_data: Path,
-    expected: dict[str, Entry],
-    ranges: list[ScrubRange],
-    v: Verification,
-    *,
-    dest_sha: dict[str, str],
-    written: set[str],
-    workers: int,
-    log: Log,
-) -> None:
-    """Compare this run's slice between the store and the backup; where they differ,
-    hash both whole files to tell which side matches the manifest."""
-    tasks = [
-        (r.path, offset, min(SCRUB_TASK_BYTES, r.offset + r.length - offset))
-        for r in ranges
-        for offset in range(r.offset, r.offset + max(r.length, 1), SCRUB_TASK_BYTES)
-    ]
-
-    def compare(task: tuple[str, int, int]) -> tuple[str, str | None]:
-        rel, offset, length = task
-        try:
-            return rel, None if _ranges_equal(source / rel, work_data / rel, offset, length) else "differ"
-        except FileNotFoundError as exc:
-            return rel, "source gone" if not os.path.lexists(source / rel) else f"cannot read: {exc.strerror}"
-        except OSError as exc:
-            return rel, f"cannot read: {exc.strerror or exc}"
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    from idp_ops.backup.manifest import default_workers
-
-    outcome: dict[str, str] = {}
-    if tasks:
-        threads = min(default_workers(workers), len(tasks))
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scrub") as pool:
-            for rel, problem in pool.map(compare, tasks):
-                if problem and rel not in outcome:
-                    outcome[rel] = problem
-    gone = {rel for rel, problem in outcome.items() if problem == "source gone"}
-    v.scrubbed_files = len({r.path for r in ranges} - gone)
-    v.scrubbed_bytes = sum(r.length for r in ranges if r.path not in gone)
-    for rel, problem in outcome.items():
-        if problem.startswith("cannot read"):
-            v.source_corrupt.append(rel)
-            v.reasons.setdefault(rel, f"scrub {problem}")
-    suspects = sorted(rel for rel, problem in outcome.items() if problem == "differ")
-    if not suspects:
-        return
-    log(f"scrub: {len(suspects)} file(s) differ between the store and the backup; hashing both to tell which is right")
-    sizes = [(rel, expected[rel].size) for rel in suspects]
-    at_source = hash_files(source, sizes, workers=workers)
-    at_dest = hash_files(work_data, [s for s in sizes if s[0] not in dest_sha], workers=workers, drop_cache=True)
-    for rel in suspects:
-        good = expected[rel].sha256
-        if rel not in at_source.hashes:
-            if rel in at_source.errors:
-                v.source_corrupt.append(rel)
-                v.reasons.setdefault(rel, f"source {at_source.errors[rel]}")
-            continue  # gone from the source since: nothing to judge
-        src_sha, src_stat = at_source.hashes[rel]
-        if src_sha != good:
-            if (src_stat.st_size, src_stat.st_mtime_ns) == (expected[rel].size, expected[rel].mtime_ns):
-                v.source_corrupt.append(rel)
-                v.reasons.setdefault(
-                    rel, "source content differs from its manifest hash with size and mtime unchanged (bit rot)"
-                )
-            else:
-                log(f"{rel} changed on the source during the run; the next run backs up the new version")
-        copy_sha = dest_sha.get(rel) or (at_dest.hashes[rel][0] if rel in at_dest.hashes else None)
-        if rel in written or copy_sha == good:
-            continue  # written copies were judged against the manifest already
-        if copy_sha is not None and src_sha == good and _copy_verified(source / rel, work_data / rel, good):
-            v.repaired.append(rel)
-            v.reasons[rel] = (
-                "backup copy differed from the manifest (bit rot); replaced in this snapshot by a verified copy"
-            )
-        else:
-            v.mismatched.append(rel)
-            v.reasons[rel] = "backup copy differs from the manifest and the source cannot replace it"
 
 
 def _verification_failure(v: Verification, kept: str, work: Path) -> str:

@@ -77,7 +77,7 @@ def small_volume(tmp_path):
 def test_destination_without_marker_or_mount_is_refused_naming_both_remedies(store, tmp_path):
     bare = tmp_path / "not-mounted"
     bare.mkdir()
-    with pytest.raises(DestinationRefused) as refused:
+    with pytest.raises(DestinationRefused, match="not a mount point") as refused:
         check_destination(bare, MARKER)
     message = str(refused.value)
     assert "not a mount point" in message and MARKER in message
@@ -284,24 +284,56 @@ def test_a_destination_that_fills_up_fails_cleanly_and_keeps_the_previous_snapsh
     assert verify_snapshot(small_volume, first.snapshot).ok
 
 
+# Enough files sorted before z_gone.bin that rsync's lines for them (~220 bytes each, written by
+# the sender before it sends each file) far exceed what the stdout pipe (64 KiB), run_rsync's read
+# chunk (64 KiB) and rsync's own buffer can hold: while on_rsync_output runs for the first of them,
+# the sender cannot get past them, so it cannot have opened z_gone.bin yet.
+AHEAD_OF_THE_VANISHING_FILE = 2000
+
+
 def test_a_file_vanishing_mid_run_is_the_exit_24_warning(store, dest):
-    # rsync sends files in name order: a_big first, then z_gone. When rsync names a_big
-    # (at the start of its transfer, which takes a while) z_gone is deleted, after rsync
-    # listed it and before it opens it: "file has vanished", exit 24.
-    with open(store / "a_big.bin", "wb") as handle:
-        handle.truncate(128 * 1024 * 1024)  # sparse: instant to make, but rsync still moves 128 MB
+    # rsync sends files in name order. z_gone.bin is in rsync's file list (the manifest has it
+    # too); when rsync names the first filler, z_gone.bin is deleted: rsync cannot open it
+    # afterwards, "file has vanished", exit 24. Every time: no race against the transfer.
+    fillers = [f"a{i:05d}-" + "x" * 200 for i in range(AHEAD_OF_THE_VANISHING_FILE)]
+    for name in fillers:
+        (store / name).touch()
     (store / "z_gone.bin").write_bytes(b"here at manifest time")
+    named = []
 
     def on_output(line: str) -> None:
-        if "a_big.bin" in line and (store / "z_gone.bin").exists():
+        if not line.startswith(">f"):  # itemized regular files: ">f+++++++++ SIZE NAME"
+            return
+        named.append(line.split(" ", 2)[2])
+        if named[-1] == fillers[0]:
             (store / "z_gone.bin").unlink()
 
     report = run_backup(store, dest, on_rsync_output=on_output)
 
-    assert report.rsync_exit == 24
+    assert not (store / "z_gone.bin").exists() and "z_gone.bin" not in named
+    assert report.rsync_exit == 24, report.message
     assert report.status == "warning" and report.ok and report.snapshot
     assert report.verification.vanished == ["z_gone.bin"]
-    assert any("vanished" in w for w in report.warnings)
+    assert any("rsync exit 24" in w and "vanished" in w for w in report.warnings)
+    snapshot_manifest = load_manifest(snapshot_dir(dest, report.snapshot) / MANIFEST_NAME)
+    assert "z_gone.bin" not in snapshot_manifest.entries and set(fillers) <= set(snapshot_manifest.entries)
+    assert verify_snapshot(dest, report.snapshot).ok
+
+
+def test_a_file_gone_between_the_manifest_and_the_copy_is_left_out_as_vanished(store, dest):
+    # Deleted after the manifest listed it and before rsync started: rsync never sees it
+    # (exit 0), the verification finds it neither in the copy nor on the store.
+    (store / "z_gone.bin").write_bytes(b"here at manifest time")
+    manifest = build_manifest(store, cache_file=store.parent / "history.duckdb", excludes=EXCLUDES).manifest
+    assert "z_gone.bin" in manifest.entries
+    (store / "z_gone.bin").unlink()
+
+    report = backup(store, dest, manifest, excludes=EXCLUDES, marker_file=MARKER)
+
+    assert report.rsync_exit == 0
+    assert report.status == "warning" and report.ok and report.snapshot
+    assert report.verification.vanished == ["z_gone.bin"] and not report.verification.missing
+    assert "vanished during the run: z_gone.bin" in report.message
     assert "z_gone.bin" not in load_manifest(snapshot_dir(dest, report.snapshot) / MANIFEST_NAME).entries
     assert verify_snapshot(dest, report.snapshot).ok
 
@@ -392,7 +424,7 @@ def test_restore_refuses_a_bad_snapshot_copy_before_replacing_anything(store, de
     flip_bit(snapshot_dir(dest, second.snapshot) / DATA / "qwen/tokenizer.json", 10)
     (store / "qwen/tokenizer.json").write_bytes(b"local edit")
 
-    with pytest.raises(RestoreError) as refused:
+    with pytest.raises(RestoreError, match="nothing was replaced") as refused:
         restore(dest, store, path="qwen/tokenizer.json")
     assert "qwen/tokenizer.json" in str(refused.value) and "nothing was replaced" in str(refused.value)
     assert first.snapshot in str(refused.value)  # points at the older snapshot

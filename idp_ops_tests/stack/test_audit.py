@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from idp_ops.cli.main import main as cli_main
 from idp_ops.stack.audit import (
     RULES,
     ComposeFileError,
@@ -17,6 +20,7 @@ from idp_ops.stack.audit import (
 )
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
+README = Path(__file__).resolve().parents[2] / "README.md"
 # A planted fake key, assembled at run time so no key-shaped literal sits in the repository.
 SECRET = "sk-" + "abcdef0123456789ABCDEFxyz"
 DROP = object()
@@ -329,41 +333,79 @@ def test_every_rule_has_a_case():
     assert {rule for _, _, rule, _ in BAD_CASES} == set(RULES)
 
 
+# The severity each rule is promised (the README's audit paragraph, the deploy gate that stops on
+# "high"), written out here and reached through the audit of a planted setting (a case id from
+# BAD_CASES), never read back from RULES.
+PROMISED_SEVERITY = [
+    ("CIS-5.2", "high", "apparmor-equals"),
+    ("CIS-5.3", "high", "label-disable-colon"),
+    ("CIS-5.4", "high", "cap_add-SYS_ADMIN"),
+    ("CIS-5.5", "high", "privileged"),
+    ("CIS-5.6", "high", "mount-etc"),
+    ("CIS-5.10", "high", "network_mode-host"),
+    ("CIS-5.11", "medium", "no-memory-limit"),
+    ("CIS-5.12", "low", "no-cpu-limit"),
+    ("CIS-5.13", "medium", "read_only-false"),
+    ("CIS-5.14", "high", "port-0.0.0.0"),
+    ("CIS-5.16", "high", "pid-host"),
+    ("CIS-5.17", "high", "ipc-host"),
+    ("CIS-5.18", "high", "devices-short"),
+    ("CIS-5.20", "high", "propagation-short-shared"),
+    ("CIS-5.21", "high", "uts-host"),
+    ("CIS-5.22", "high", "seccomp-equals"),
+    ("CIS-5.26", "medium", "security_opt-missing"),
+    ("CIS-5.27", "medium", "healthcheck-missing"),
+    ("CIS-5.29", "medium", "no-pids-limit"),
+    ("CIS-5.31", "high", "userns_mode-host"),
+    ("CIS-5.32", "high", "docker.sock-short"),
+    ("IDP-CGROUP-HOST", "high", "cgroup-host"),
+    ("IDP-SYSTEMPATHS", "high", "systempaths-equals"),
+    ("IDP-SECRET-ENV", "high", "env-mapping-literal"),
+    ("IDP-SECRET-CMD", "high", "cmd-password-flag"),
+    ("IDP-MODEL-RW", "high", "models-rw-short"),
+    ("IDP-ROOT", "medium", "user-0:0"),
+    ("IDP-LOGGING", "low", "logging-missing"),
+]
+CHANGES_BY_CASE = {case_id: changes for case_id, changes, _, _ in BAD_CASES}
+
+
 @pytest.mark.parametrize(
-    ("rule", "severity"),
-    [
-        ("CIS-5.2", "high"),
-        ("CIS-5.3", "high"),
-        ("CIS-5.4", "high"),
-        ("CIS-5.5", "high"),
-        ("CIS-5.6", "high"),
-        ("CIS-5.10", "high"),
-        ("CIS-5.11", "medium"),
-        ("CIS-5.12", "low"),
-        ("CIS-5.13", "medium"),
-        ("CIS-5.14", "high"),
-        ("CIS-5.16", "high"),
-        ("CIS-5.17", "high"),
-        ("CIS-5.18", "high"),
-        ("CIS-5.20", "high"),
-        ("CIS-5.21", "high"),
-        ("CIS-5.22", "high"),
-        ("CIS-5.26", "medium"),
-        ("CIS-5.27", "medium"),
-        ("CIS-5.29", "medium"),
-        ("CIS-5.31", "high"),
-        ("CIS-5.32", "high"),
-        ("IDP-CGROUP-HOST", "high"),
-        ("IDP-SYSTEMPATHS", "high"),
-        ("IDP-SECRET-ENV", "high"),
-        ("IDP-SECRET-CMD", "high"),
-        ("IDP-MODEL-RW", "high"),
-        ("IDP-ROOT", "medium"),
-        ("IDP-LOGGING", "low"),
-    ],
+    ("rule", "severity", "case_id"),
+    [pytest.param(rule, severity, case_id, id=f"{rule}-{severity}") for rule, severity, case_id in PROMISED_SEVERITY],
 )
-def test_rule_severity(rule, severity):
-    assert RULES[rule][0] == severity
+def test_rule_severity(tmp_path, rule, severity, case_id):
+    findings = audit_bad(tmp_path, CHANGES_BY_CASE[case_id])
+    assert {(f.rule, f.severity) for f in findings} == {(rule, severity)}, [f.to_dict() for f in findings]
+    assert has_high(findings) is (severity == "high"), "the deploy gate stops on exactly the high ones"
+
+
+def test_promised_severities_cover_every_rule():
+    assert [rule for rule, _, _ in PROMISED_SEVERITY] == list(RULES)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [pytest.param(changes, id=case_id) for case_id, changes, _, _ in ROOT_EQUIVALENT_CASES],
+)
+def test_every_root_equivalent_setting_is_high(tmp_path, changes):
+    """The README: "Every root-equivalent setting is high" -- so the deploy gate refuses it."""
+    findings = audit_bad(tmp_path, changes)
+    assert findings and {f.severity for f in findings} == {"high"}, [f.to_dict() for f in findings]
+    assert has_high(findings)
+
+
+def readme_audit_paragraph() -> str:
+    text = README.read_text()
+    start = text.index("`audit-compose` prints")
+    return text[start : text.index("\n## ", start)]
+
+
+def test_every_rule_the_audit_can_emit_is_named_in_the_readme():
+    paragraph = readme_audit_paragraph()
+    named = set(re.findall(r"`((?:CIS|IDP)-[A-Z0-9.-]*[A-Z0-9])`", paragraph))
+    # "`CIS-5.11`/`5.12`": the second id written short
+    named |= {f"CIS-{short}" for short in re.findall(r"`CIS-[0-9.]+`/`([0-9.]+)`", paragraph)}
+    assert named == set(RULES), {"not in the README": set(RULES) - named, "not a rule": named - set(RULES)}
 
 
 NOT_FLAGGED = [
@@ -565,13 +607,25 @@ def test_has_high():
     assert has_high([low, high])
 
 
-def test_finding_to_dict():
+def test_finding_to_dict(tmp_path, monkeypatch, capsys):
+    """`audit-compose --json` promises {"benchmark", "file", "findings": [{"service", "rule", "severity",
+    "message"}]}: strings, and each finding reads back as the Finding it was."""
     finding = Finding("svc", "CIS-5.5", "high", "service 'svc' runs privileged: true")
-    assert finding.to_dict() == {
-        "service": "svc",
-        "rule": "CIS-5.5",
-        "severity": "high",
-        "message": "service 'svc' runs privileged: true",
+    assert Finding(**json.loads(json.dumps(finding.to_dict()))) == finding
+
+    path = write_compose(tmp_path, {"svc": service_with({"privileged": True, "user": "0:0"})})
+    monkeypatch.chdir(tmp_path)  # no idp-ops.yaml here: default settings
+    assert cli_main(["audit-compose", str(path), "--json"]) == 1  # a high finding
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"benchmark", "file", "findings"} and printed["file"] == str(path)
+    assert printed["findings"], "the planted problems are reported"
+    for item in printed["findings"]:
+        assert list(item) == ["service", "rule", "severity", "message"]
+        assert all(isinstance(value, str) for value in item.values()), item
+    assert [Finding(**item) for item in printed["findings"]] == audit_compose_file(path)
+    assert {(f["service"], f["rule"], f["severity"]) for f in printed["findings"]} == {
+        ("svc", "CIS-5.5", "high"),
+        ("svc", "IDP-ROOT", "medium"),
     }
 
 
@@ -614,7 +668,7 @@ def test_malformed_compose(tmp_path, text, match):
 
 
 def test_compose_file_error_is_value_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="top level is not a mapping"):
         audit_compose([])
 
 

@@ -1,6 +1,7 @@
 """Bad input on the real stack: each a clear error, nothing left half-started without saying so."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_cli_deploy_with_dockerd_down_exits_2_without_a_traceback(tmp_path, demo
 
 def test_missing_model_and_keys_are_named_before_anything_starts(tmp_path, llama_image, docker_ready):
     settings = make_settings(tmp_path, tmp_path / "empty-models", llama_image, "idp-ops-nomodel")
-    with pytest.raises(DeployError) as info:
+    with pytest.raises(DeployError, match="cannot deploy") as info:
         deploy(settings)
     message = str(info.value)
     assert "gemma-3-270m-q4_k_m.gguf is missing" in message and "idp-ops models fetch-demo" in message
@@ -94,35 +95,43 @@ def test_missing_image_is_named_and_nothing_is_left_running(tmp_path, demo_model
         make_settings(tmp_path, demo_models_dir, "idp-ops/no-such-image:never", "idp-ops-noimage", deploy_timeout_s=60)
     )
     try:
-        with pytest.raises(DeployError) as info:
+        with pytest.raises(DeployError, match="image is not available") as info:
             deploy(settings)
         message = str(info.value)
-        assert "image is not available" in message
         assert "nothing of this project is left running" in message
         assert running_services(settings) == []
     finally:
         compose_project(settings).down()
 
 
-def test_port_already_taken_says_so_and_names_what_is_left_running(tmp_path, demo_models_dir, llama_image):
-    settings = with_keys(make_settings(tmp_path, demo_models_dir, llama_image, "idp-ops-portclash"))
-    taken = settings.endpoint("llamacpp-cpu").port
+def hold_port(port: int) -> socket.socket:
+    """Listen on 127.0.0.1:port, and prove nothing else can bind it now."""
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("127.0.0.1", taken))
+    holder.bind(("127.0.0.1", port))
     holder.listen(1)
+    with socket.socket() as other, pytest.raises(OSError, match="Address already in use"):
+        other.bind(("127.0.0.1", port))
+    return holder
+
+
+def test_port_already_taken_says_so_naming_the_port_and_nothing_is_left_running(tmp_path, demo_models_dir, llama_image):
+    # Every published port of the project is held before the deploy, so no service can start
+    # (one held port would let the other service start or not, as compose's parallel start goes).
+    settings = with_keys(make_settings(tmp_path, demo_models_dir, llama_image, "idp-ops-portclash"))
+    taken = {endpoint.port for endpoint in settings.endpoints}
+    holders = [hold_port(port) for port in sorted(taken)]
     try:
-        with pytest.raises(DeployError) as info:
+        with pytest.raises(DeployError, match="port is already in use") as info:
             deploy(settings)
         message = str(info.value)
-        assert "port is already in use" in message
-        left = running_services(settings)
-        if left:
-            assert "left running: " + left[0] in message
-        else:
-            assert "nothing of this project is left running" in message
+        named = {int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", message)}
+        assert named and named <= taken, message
+        assert "nothing of this project is left running" in message
+        assert running_services(settings) == []
     finally:
-        holder.close()
+        for holder in holders:
+            holder.close()
         compose_project(settings).down()
     assert running_services(settings) == []
 
@@ -131,9 +140,8 @@ def test_compose_file_that_does_not_parse_is_reported_with_composes_words(tmp_pa
     bad = tmp_path / "broken.yml"
     bad.write_text("services:\n  web:\n    image: [unclosed\n")
     settings = with_keys(make_settings(tmp_path, demo_models_dir, llama_image, "idp-ops-badfile", compose_file=bad))
-    with pytest.raises(ComposeError) as info:
+    with pytest.raises(ComposeError, match="`compose config` failed") as info:
         deploy(settings)
-    assert "`compose config` failed" in str(info.value)
     assert "docker said:" in str(info.value)
     assert running_services(settings) == []
 

@@ -18,13 +18,12 @@ def test_daemon_sensor_contains_a_replayed_overheat_and_deploy_rearms(tmp_path, 
     dagster = None
     try:
         deploy_fresh(settings)
+        # How fast the container stops is measured by benchmarks/thermal_containment_latency.py; this test
+        # asserts only who stopped it (contain_through_daemon's 240 s is a hang guard, not a target).
         timing, dagster = contain_through_daemon(tmp_path, config)
-        print(f"\ndetection -> container stopped: {timing.latency_s:.1f} s")
-        # target from the issue: within one sensor interval + 15 s
-        assert timing.latency_s <= settings.thermal.sensor_interval_s + 15
 
         # The containment run is in the instance, launched by the sensor, tagged with the episode.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a hang guard
         with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
             while True:
                 runs = instance.get_runs(RunsFilter(job_name="containment_job"))
@@ -35,7 +34,9 @@ def test_daemon_sensor_contains_a_replayed_overheat_and_deploy_rearms(tmp_path, 
             assert len(runs) == 1 and runs[0].status == DagsterRunStatus.SUCCESS
             assert runs[0].tags["idp_ops/episode"] == timing.contain_alert["episode"]
             assert runs[0].tags.get("dagster/sensor_name") == "thermal_sensor"
-        assert read_latch(settings)["reading"]["temperature_c"] >= 55
+        latch = read_latch(settings)
+        assert latch["reading"]["temperature_c"] >= 55
+        assert latch["reading"]["episode"] == timing.contain_alert["episode"], "latched by that run, that episode"
         dagster.stop()
         dagster = None
 

@@ -1,13 +1,16 @@
 """thermal_sensor evaluated with build_sensor_context over the real H200 trace."""
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
 import threading
+from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pynvml
 import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 
@@ -15,8 +18,11 @@ from idp_ops.last_good_settings import read_snapshot
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import read_latch
+from idp_ops.thermal import defs as thermal_defs
 from idp_ops.thermal.defs import thermal_sensor
-from idp_ops.thermal.watch import Spool, webhooks
+from idp_ops.thermal.telemetry import open_sources
+from idp_ops.thermal.watch import LiveSources, Spool, webhooks
+from idp_ops_tests.support.nvml_stand_in import StandInNvml
 from idp_ops_tests.support.recorded_data import FIXTURES
 from idp_ops_tests.support.settings_files import write_settings
 
@@ -80,14 +86,51 @@ def test_replayed_overheat_yields_one_containment_with_a_stable_key(tmp_path):
     assert len({(a["episode"], a["action"]) for a in alerts}) == len(alerts), "alerts are deduplicated per episode"
 
 
-def test_no_nvml_on_this_machine_is_a_skip_reason_not_a_crash(tmp_path):
+CpuReading = namedtuple("CpuReading", "label current high critical")  # psutil's shwtemp
+NO_NVML_LIBRARY = "nvml: no NVIDIA device: NVML Shared Library Not Found"
+
+
+def box_without_a_gpu(monkeypatch, cpu_sensors: dict) -> None:
+    """The sensor's live sources as on a box with no NVIDIA driver (the real NvmlSource over a stand-in
+    whose nvmlInit answers LIBRARY_NOT_FOUND) and hwmon reading ``cpu_sensors`` (what
+    psutil.sensors_temperatures() returns), whatever this machine has."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: cpu_sensors)
+    no_driver = StandInNvml(fail={"nvmlInit": pynvml.NVML_ERROR_LIBRARY_NOT_FOUND})
+    monkeypatch.setattr(thermal_defs, "_live", LiveSources(functools.partial(open_sources, nvml=no_driver)))
+
+
+def live_tick(tmp_path):
     config = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"))
     with DagsterInstance.ephemeral() as instance:
         result, _ = tick(config, None, instance)
     assert not result.run_requests
-    reason = result.skip_reason.skip_message if isinstance(result.skip_reason, SkipReason) else str(result.skip_reason)
-    # Either no source at all (no GPU, no hwmon) or hwmon alone sampled the CPU.
-    assert "nvml" in reason.lower() or "samples" in reason
+    assert isinstance(result.skip_reason, SkipReason)
+    return result.skip_reason.skip_message, load_settings(config)
+
+
+def test_no_nvml_on_this_machine_is_a_skip_reason_not_a_crash(tmp_path, monkeypatch):
+    box_without_a_gpu(monkeypatch, cpu_sensors={})
+    reason, _ = live_tick(tmp_path)
+    assert reason == (
+        f"0 samples, hottest GPU None °C, no containment; {NO_NVML_LIBRARY}; hwmon: no CPU temperature sensor"
+    )
+
+
+def test_without_a_gpu_the_cpu_is_still_sampled_and_the_missing_nvml_named(tmp_path, monkeypatch):
+    box_without_a_gpu(
+        monkeypatch,
+        cpu_sensors={"k10temp": [CpuReading("Tctl", 47.5, None, None), CpuReading("Tccd1", 44.0, None, None)]},
+    )
+    reason, settings = live_tick(tmp_path)
+    assert reason == f"2 samples, hottest GPU None °C, no containment; {NO_NVML_LIBRARY}"
+    spool = Spool(settings.thermal_spool_dir)
+    spooled = [s for day in spool.days() for s in spool.read(day)[0]]
+    assert sorted((s.device, s.source, s.temperature_c) for s in spooled) == [
+        ("cpu", "hwmon", 47.5),
+        ("cpu-ccd", "hwmon", 44.0),
+    ]
 
 
 def first_containment_tick(results) -> int:

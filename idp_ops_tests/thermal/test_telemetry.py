@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_replay_cursor_returns_one_row_per_call_then_nothing():
     assert src.sample() == [] and src.sample() == []
     # a cursor past the end is simply exhausted
     assert CsvReplaySource(TRACE, start_index=500).sample() == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="start_index must be >= 0, got -1"):
         CsvReplaySource(TRACE, start_index=-1)
 
 
@@ -439,7 +440,7 @@ def test_hwmon_no_sensor_is_an_empty_result():
 
 def test_stand_in_raises_the_real_pynvml_classes():
     nv = StandInNvml()
-    with pytest.raises(pynvml.NVMLError_NotSupported):
+    with pytest.raises(pynvml.NVMLError_NotSupported, match="Not Supported"):
         nv.nvmlDeviceGetFanSpeed(("handle", 0))
 
 
@@ -575,7 +576,7 @@ def test_nvml_source_inits_once_reads_thresholds_once_and_samples_every_device()
 )
 def test_nvml_source_start_failures(fail, kind, message):
     nv = StandInNvml(fail=fail)
-    with pytest.raises(kind) as info:
+    with pytest.raises(kind, match=re.escape(message)) as info:
         NvmlSource(nvml=nv)
     assert str(info.value) == message
     if kind is TelemetryError:

@@ -1,5 +1,6 @@
 import json
 
+from idp_ops.models.gguf_meta import read_gguf
 from idp_ops_tests.support.cli import idp_ops
 
 
@@ -36,8 +37,11 @@ def test_ceiling_from_the_real_gguf_and_a_profile(demo_models_dir):
     result = idp_ops("ceiling", "--model", str(model), "--profile", "rtx5070ti-ryzen9900x", "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    # tied embeddings: every weight byte is read each token
-    assert data["weight_bytes"] == data["weight_bytes"] // 1 and 2.0e8 < data["weight_bytes"] < 2.6e8
+    # tied embeddings: every tensor byte, the token embedding included, is read each token
+    header = read_gguf(model)
+    assert header.tied_embeddings is True and header.token_embd_bytes > 0
+    assert data["weight_bytes"] == header.tensor_bytes == 246_587_904
+    assert header.tensor_bytes <= model.stat().st_size - header.details["data_start"]
     assert data["single_stream_tok_s"] == 102.4e9 * 0.8 / data["weight_bytes"]
 
 

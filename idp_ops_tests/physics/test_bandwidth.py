@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import statistics
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from idp_ops.physics.bandwidth import measure_cpu_bandwidth
+from idp_ops.physics.bandwidth import measure_cpu_bandwidth, spread
 from idp_ops.physics.bandwidth_store import (
     BandwidthRow,
     bandwidth_history,
@@ -23,20 +23,24 @@ from idp_ops.settings import HARDWARE_PROFILES, Endpoint
 T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 
 
-def test_cpu_probe_is_plausible_and_stable_within_15_percent_across_three_runs():
-    # 256 MB is 8x this machine's L3, so DRAM is read; best-of-10 inside each run discards
-    # the repeats that met interference. One thread: on this 2-core VM, with other test
-    # processes running, an all-threads run measures the neighbours as much as the memory
-    # (seen here: 19.8-27.8 GB/s across three runs, while one thread stays within ~7 %).
-    runs = [measure_cpu_bandwidth(256, threads=1, repeats=10) for _ in range(3)]
-    reads = [r.read_gbs for r in runs]
-    median = statistics.median(reads)
+def test_cpu_probe_is_plausible_and_reports_the_best_of_its_repeats():
+    # 256 MB is 8x this machine's L3, so DRAM is read. How much the figure moves between runs
+    # (one thread against all cores) is a measurement, not a test: benchmarks/cpu_bandwidth_spread.py.
+    one = measure_cpu_bandwidth(256, threads=1, repeats=10)
     # DRAM: more than one DDR3 channel's worth, less than any HBM stack.
-    assert all(1.0 < r < 2000.0 for r in reads), reads
-    assert all(abs(r - median) / median <= 0.15 for r in reads), reads
-    assert all(r.copy_gbs > 0 and len(r.runs_read_gbs) == 10 and r.threads == 1 for r in runs)
-    everything = measure_cpu_bandwidth(256, repeats=5)  # all cores: plausible, stability not asserted
-    assert 1.0 < everything.read_gbs < 2000.0 and everything.threads >= 1
+    assert all(1.0 < r < 2000.0 for r in one.runs_read_gbs), one.runs_read_gbs
+    # Best of the repeats: the others met interference, the best is the machine's capability.
+    assert len(one.runs_read_gbs) == 10 and one.read_gbs == max(one.runs_read_gbs)
+    assert (one.threads, one.buffer_mb, one.repeats) == (1, 256, 10) and one.copy_gbs > 0
+    everything = measure_cpu_bandwidth(256, repeats=5)  # all cores by default
+    assert 1.0 < everything.read_gbs < 2000.0 and everything.threads == (os.cpu_count() or 1)
+    assert len(everything.runs_read_gbs) == 5 and everything.read_gbs == max(everything.runs_read_gbs)
+
+
+def test_spread_is_the_range_over_the_median():
+    assert spread([9.0, 10.0, 12.0]) == pytest.approx(0.3)
+    assert spread([20.0, 20.0, 20.0]) == 0.0
+    assert spread([5.0]) == 0.0
 
 
 def test_newest_measured_rows_become_the_bandwidth_the_ceilings_use(tmp_path):

@@ -5,6 +5,9 @@ on both protocols, the CLI, and a server stopped mid-run."""
 from __future__ import annotations
 
 import json
+import math
+import re
+import statistics
 import threading
 import time
 
@@ -46,6 +49,61 @@ SMALL = dict(
 )
 
 
+class InFlightServer(FakeServer):
+    """A FakeServer that records how many completions it is answering at once.
+
+    Each arrival is logged as (the request's index, read from its prompt; the completions in
+    flight, itself included). A request of ``gate_tokens`` tokens is held until another is in
+    flight beside it, or ``hold_s`` passes: a client that allows concurrency always shows it,
+    whatever this machine's timing. The count drops before the answer's connection closes,
+    and the client ends a request only at that close (it reads the stream to its end), so the
+    server can never count a request the client has already finished.
+    """
+
+    def __init__(self, mode: str, *, gate_tokens: int, hold_s: float = 1.0):
+        super().__init__(mode)
+        self.gate_tokens = gate_tokens
+        self.hold_s = hold_s
+        self.in_flight = 0
+        self.arrivals: list[tuple[int, int]] = []
+        self._changed = threading.Condition()
+
+    def answer(self, handler, payload: dict) -> None:
+        index = int(re.match(r"Request \w+-(\d+)\.", payload["prompt"]).group(1))
+        with self._changed:
+            self.in_flight += 1
+            self.arrivals.append((index, self.in_flight))
+            self._changed.notify_all()
+            if payload.get("max_tokens") == self.gate_tokens:
+                self._changed.wait_for(lambda: self.in_flight > 1, timeout=self.hold_s)
+        try:
+            super().answer(handler, payload)
+        finally:
+            with self._changed:
+                self.in_flight -= 1
+                self._changed.notify_all()
+
+
+class ReadyAfterPolls(FakeServer):
+    """A FakeServer whose /health answers 503 to its first ``polls`` polls, then 200: "loading" by
+    count, not by a clock that a slow start could outrun."""
+
+    def __init__(self, mode: str, *, polls: int):
+        self._polls_left = polls
+        super().__init__(mode)
+
+    @property
+    def not_ready_until(self) -> float:  # read once per /health poll by the handler
+        if self._polls_left > 0:
+            self._polls_left -= 1
+            return math.inf
+        return -math.inf
+
+    @not_ready_until.setter
+    def not_ready_until(self, _value: float) -> None:
+        pass  # FakeServer's clock-based window does not apply
+
+
 def test_sse_comments_pings_role_only_and_usage_only_chunks_are_not_tokens():
     with FakeServer("openai_edge_cases") as server:
         report = run_benchmark_sync(server.url, "openai", "m", "k3y", **SMALL, timeout_s=10, ready_timeout_s=5)
@@ -70,15 +128,31 @@ def test_sse_comments_pings_role_only_and_usage_only_chunks_are_not_tokens():
 
 
 def test_poisson_arrivals_keep_the_concurrency_cap():
-    with FakeServer("openai_edge_cases") as server:
+    sweep_tokens = 6  # unlike the warm-up, TTFT and decode requests (8): only sweep requests are held
+    with InFlightServer("openai_edge_cases", gate_tokens=sweep_tokens) as server:
         report = run_benchmark_sync(
-            server.url, "openai", "m", "k", **{**SMALL, "sweep": (2, 3)}, poisson_rate=50.0, seed=7
+            server.url,
+            "openai",
+            "m",
+            "k",
+            **{**SMALL, "sweep": (2, 3), "sweep_tokens": sweep_tokens},
+            poisson_rate=50.0,
+            seed=7,
         )
-    assert report.ok
+    assert report.ok, report.problems
     assert [(s.concurrency, s.requests, s.poisson_rate) for s in report.sweep] == [(2, 4, 50.0), (3, 6, 50.0)]
     assert report.settings["poisson_rate"] == 50.0
+    # What the server saw: the most completions in flight at once, per sweep level (1: warm-up,
+    # warm TTFT and decode, one at a time). Each level's cap holds, and is used: more than one.
+    level = {sample.index: scenario.concurrency for scenario in report.sweep for sample in scenario.samples}
+    assert sorted(level) == sorted(index for index, _ in server.arrivals if index in level), "every request arrived"
+    peak: dict[int, int] = {}
+    for index, in_flight in server.arrivals:
+        peak[level.get(index, 1)] = max(peak.get(level.get(index, 1), 0), in_flight)
+    assert peak[1] == 1 and peak[2] == 2 and 1 < peak[3] <= 3, (peak, server.arrivals)
 
 
+@pytest.mark.timeout(60)  # a hang guard: "never hangs" is this timeout, the assertions are what was recorded
 @pytest.mark.parametrize(
     ("mode", "protocol", "kind"),
     [
@@ -92,10 +166,8 @@ def test_poisson_arrivals_keep_the_concurrency_cap():
     ],
 )
 def test_a_misbehaving_server_is_recorded_by_kind_and_never_hangs(mode, protocol, kind):
-    started = time.monotonic()
     with FakeServer(mode) as server:
         report = run_benchmark_sync(server.url, protocol, "m", "k", **SMALL, timeout_s=5, ready_timeout_s=5)
-    assert time.monotonic() - started < 10
     measured = 3 + 1 + 4
     assert report.errors_by_kind == {kind: measured}
     assert not report.ok and report.problems[0].startswith(
@@ -108,8 +180,8 @@ def test_a_misbehaving_server_is_recorded_by_kind_and_never_hangs(mode, protocol
         assert "server error (5xx)" in report.message
 
 
+@pytest.mark.timeout(60)  # a hang guard: the trickle itself lasts 60 s per request
 def test_a_stream_that_never_finishes_times_out_per_request():
-    started = time.monotonic()
     with FakeServer("trickle") as server:
         report = run_benchmark_sync(
             server.url,
@@ -124,8 +196,9 @@ def test_a_stream_that_never_finishes_times_out_per_request():
             timeout_s=0.6,
             ready_timeout_s=5,
         )
-    assert time.monotonic() - started < 6
+    # Cut by the whole-request deadline: a stream left to end by itself would be "no_content".
     assert report.errors_by_kind == {"timeout": 3}
+    assert all(s.error_detail == "no complete answer within 0.6 s" for s in report.samples)
     assert any("no complete answer within 0.6 s" in p for p in report.problems)
 
 
@@ -138,14 +211,16 @@ def test_an_unreachable_endpoint_fails_clearly_after_the_ready_timeout():
     from idp_ops_tests.support.ports import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    with pytest.raises(BenchError, match=r"not ready after 1\.5 s \(last: ConnectError"):
-        run_benchmark_sync(url, "llamacpp", "m", "k", ready_timeout_s=1.5)
-    assert 0.5 < time.monotonic() - started < 5
+    lines: list[str] = []
+    with pytest.raises(BenchError, match=r"not ready after 2 s \(last: ConnectError"):
+        run_benchmark_sync(url, "llamacpp", "m", "k", ready_timeout_s=2, progress=lines.append)
+    # It kept trying until the ready timeout, rather than failing at the first refused connection.
+    assert len(lines) == 1 and lines[0].startswith(f"{url} not ready (ConnectError"), lines
+    assert lines[0].endswith("retrying for up to 2 s")
 
 
 def test_503_while_loading_means_not_ready_and_is_retried():
-    with FakeServer("openai_edge_cases", not_ready_for_s=0.8) as server:
+    with ReadyAfterPolls("openai_edge_cases", polls=2) as server:
         lines: list[str] = []
         report = run_benchmark_sync(server.url, "openai", "m", "k", **SMALL, ready_timeout_s=10, progress=lines.append)
     assert report.ok
@@ -237,12 +312,17 @@ def test_every_metric_is_present_and_sane_on_the_real_server(stack, name):
             assert 0 < sample.server_prompt_ms < sample.ttft_ms
             assert sample.started_at.tzinfo is not None and sample.concurrency == scenario.concurrency
     assert [s.max_tokens for s in report.decode.samples] == [32, 32]
-    # our single-stream decode rate against llama-server's own timings.predicted_per_second
-    # (llama-server sends `timings` on its OpenAI route too)
-    assert report.server_decode_tok_s and report.decode_tok_s
-    assert report.decode_tok_s == pytest.approx(report.server_decode_tok_s, rel=0.10)
+    # Our single-stream decode rate beside llama-server's own timings.predicted_per_second (sent on
+    # its OpenAI route too): both present for every decode stream, each the median of its samples.
+    # How closely the two agree is a measurement, not a test: benchmarks/bench_accuracy.py.
     for sample in report.decode.samples:
-        assert sample.decode_tok_s == pytest.approx(sample.server_decode_tok_s, rel=0.10)
+        assert sample.decode_tok_s > 0 and sample.server_decode_tok_s > 0
+        # the client saw no more text events than the tokens the server counted
+        assert 1 < len(sample.itl_ms) + 1 <= sample.output_tokens == 32
+    assert report.decode_tok_s == round(statistics.median(s.decode_tok_s for s in report.decode.samples), 3)
+    assert report.server_decode_tok_s == round(
+        statistics.median(s.server_decode_tok_s for s in report.decode.samples), 3
+    )
     data = json.loads(json.dumps(report.to_dict(), default=str))
     assert data["decode"]["percentiles"]["tpot_ms"]["n"] == 2 and len(data["sweep"][1]["samples"]) == 8
 
@@ -288,7 +368,7 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
     assert data["ok"] is True and data["protocol"] == "llamacpp"
     for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
         assert set(data["warm_ttft"]["percentiles"][metric]) == {"p50", "p90", "p95", "p99", "mean", "n"}
-    assert data["decode_tok_s"] > 1 and data["server_decode_tok_s"] > 1
+    assert data["decode_tok_s"] > 0 and data["server_decode_tok_s"] > 0
     assert [s["concurrency"] for s in data["sweep"]] == [1, 2]
     assert "samples" not in data["decode"]
 
@@ -322,10 +402,20 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
     )
 
 
+def _restart(settings, endpoint) -> None:
+    """Start a service a test stopped, and wait until it answers: the module's stack as it was."""
+    from idp_ops.stack.deploy import compose_project
+    from idp_ops.stack.probe import wait_until_ready
+
+    compose_project(settings).up([endpoint.compose_service], timeout=settings.deploy_timeout_s)
+    wait_until_ready(endpoint.url, timeout_s=settings.deploy_timeout_s)
+
+
 @pytest.mark.docker
 @pytest.mark.model
+@pytest.mark.timeout(300)  # a hang guard; every request has its own 30 s deadline
 def test_the_server_stopped_mid_run_is_recorded_and_fails_clearly(stack):
-    """Last in this module: it stops a service of the module's stack."""
+    """It stops a service of the module's stack, and starts it again: any test may run after it."""
     from idp_ops.stack.deploy import compose_project
 
     endpoint, key = _target(stack, "llamacpp-cpu")
@@ -340,25 +430,27 @@ def test_the_server_stopped_mid_run_is_recorded_and_fails_clearly(stack):
             thread.start()
             stopper.append(thread)
 
-    started = time.monotonic()
-    report = run_benchmark_sync(
-        endpoint.url,
-        endpoint.protocol,
-        endpoint.model,
-        key,
-        warmups=1,
-        ttft_requests=3,
-        ttft_max_tokens=8,
-        decode_tokens=400,
-        decode_requests=3,
-        sweep=(1, 4),
-        sweep_tokens=16,
-        timeout_s=30,
-        progress=progress,
-    )
-    elapsed = time.monotonic() - started
-    stopper[0].join(timeout=60)
-    assert elapsed < 60
+    try:
+        report = run_benchmark_sync(
+            endpoint.url,
+            endpoint.protocol,
+            endpoint.model,
+            key,
+            warmups=1,
+            ttft_requests=3,
+            ttft_max_tokens=8,
+            decode_tokens=400,
+            decode_requests=3,
+            sweep=(1, 4),
+            sweep_tokens=16,
+            timeout_s=30,
+            progress=progress,
+        )
+    finally:
+        for thread in stopper:
+            thread.join(timeout=60)
+        _restart(stack, endpoint)
+    assert stopper and not stopper[0].is_alive(), "the stop ran during the decode streams"
     assert report.warm_ttft.success_rate == 1.0
     assert not report.ok
     failed = sum(report.errors_by_kind.values())

@@ -174,25 +174,37 @@ def test_cli_loadtest_by_endpoint_name(stack, tmp_path, capsys):
     assert data["user_class"] == "LlamaCppUser"
 
 
+def _restart(settings, endpoint) -> None:
+    """Start a service a test stopped, and wait until it answers: the module's stack as it was."""
+    from idp_ops.stack.deploy import compose_project
+    from idp_ops.stack.probe import wait_until_ready
+
+    compose_project(settings).up([endpoint.compose_service], timeout=settings.deploy_timeout_s)
+    wait_until_ready(endpoint.url, timeout_s=settings.deploy_timeout_s)
+
+
 @pytest.mark.docker
 @pytest.mark.model
 def test_a_stopped_server_makes_failures_count(stack, tmp_path):
-    """Last in this module: it stops a service of the module's stack."""
+    """It stops a service of the module's stack, and starts it again: any test may run after it."""
     from idp_ops.stack.deploy import compose_project
 
     endpoint = stack.endpoint("llamacpp-cpu")
     compose_project(stack).stop([endpoint.compose_service], timeout=2)
-    result = run_locust(
-        endpoint.url,
-        endpoint.protocol,
-        endpoint.model,
-        stack.key_file(endpoint),
-        users=2,
-        spawn_rate=2,
-        run_time_s=3,
-        csv_dir=tmp_path,
-        timeout_s=5,
-        wait_scale=0.2,
-    )
+    try:
+        result = run_locust(
+            endpoint.url,
+            endpoint.protocol,
+            endpoint.model,
+            stack.key_file(endpoint),
+            users=2,
+            spawn_rate=2,
+            run_time_s=3,
+            csv_dir=tmp_path,
+            timeout_s=5,
+            wait_scale=0.2,
+        )
+    finally:
+        _restart(stack, endpoint)
     assert result.requests > 0 and result.failures == result.requests
     assert set(result.failures_by_status) <= {"connect", "stream"} and not result.ok

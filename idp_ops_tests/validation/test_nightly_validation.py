@@ -76,15 +76,25 @@ def checks(result):
     return {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
 
 
-def test_a_green_night_on_the_cpu_stack_records_history_once(stack):
-    acceptance = {
-        "ttft_p50_ms": 2000,
-        "ttft_p95_ms": 5000,
-        "decode_tok_s_min": 5,
-        "success_rate_min": 0.95,
-        "concurrency": 4,
-    }
-    result = night(stack, "green", acceptance)
+GREEN_NIGHT = "2026-11-25"
+GREEN = {
+    "ttft_p50_ms": 2000,
+    "ttft_p95_ms": 5000,
+    "decode_tok_s_min": 5,
+    "success_rate_min": 0.95,
+    "concurrency": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def green_night(stack):
+    """The green night, run once for the module: every test that needs its results or its history
+    rows takes this fixture, so each passes alone and in any order."""
+    return night(stack, "green", GREEN, partition=GREEN_NIGHT)
+
+
+def test_a_green_night_on_the_cpu_stack_records_history_once(stack, green_night):
+    result = green_night
     assert result.success
     evaluations = checks(result)
     for name in ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced"):
@@ -95,12 +105,17 @@ def test_a_green_night_on_the_cpu_stack_records_history_once(stack):
     assert row["ceiling"] and 0 < row["efficiency"] < 1, "measured beside its ceiling, below it"
     assert "ceiling" in decode.description
 
-    again = night(stack, "green", acceptance)  # the same night, re-run
+    again = night(stack, "green", GREEN, partition=GREEN_NIGHT)  # the same night, re-run
     assert again.success
+    # This night's rows only: other tests of the module record other nights in the same history.
     with history.connect(stack["settings"].history_file) as con:
-        runs = con.execute("SELECT endpoint, count(*) FROM bench_runs GROUP BY 1 ORDER BY 1").fetchall()
-        samples = con.execute("SELECT count(*) FROM bench_samples WHERE endpoint = 'llamacpp-cpu'").fetchone()[0]
-        loads = con.execute("SELECT count(*), sum(failures) FROM load_tests").fetchone()
+        runs = con.execute(
+            "SELECT endpoint, count(*) FROM bench_runs WHERE night = ? GROUP BY 1 ORDER BY 1", [GREEN_NIGHT]
+        ).fetchall()
+        samples = con.execute(
+            "SELECT count(*) FROM bench_samples WHERE night = ? AND endpoint = 'llamacpp-cpu'", [GREEN_NIGHT]
+        ).fetchone()[0]
+        loads = con.execute("SELECT count(*), sum(failures) FROM load_tests WHERE night = ?", [GREEN_NIGHT]).fetchone()
     assert runs == [("llamacpp-cpu", 1), ("openai-standin", 1)]
     assert samples == 5 + 2 + 1 + 4  # ttft + decode + sweep(1) + sweep(4), warm-ups discarded
     assert loads == (2, 0)
@@ -117,13 +132,16 @@ def test_impossible_thresholds_fail_clearly_and_physics_says_unattainable(stack)
     assert decode.description.startswith("unattainable:") and "above the physics ceiling" in decode.description
 
 
-def test_measured_decode_stays_below_the_ceiling_from_measured_bandwidth(stack):
+def test_measured_decode_stays_below_the_ceiling_from_measured_bandwidth(stack, green_night):
+    assert green_night.success
     with history.connect(stack["settings"].history_file) as con:
         measured = con.execute(
-            "SELECT endpoint, decode_tok_s, server_decode_tok_s FROM bench_runs WHERE night = '2026-11-25'"
+            "SELECT endpoint, decode_tok_s, server_decode_tok_s FROM bench_runs WHERE night = ? ORDER BY endpoint",
+            [GREEN_NIGHT],
         ).fetchall()
-    assert measured, "run after the green night"
-    bandwidth = measure_cpu_bandwidth(buffer_mb=512, threads=1, repeats=3)
+    assert [row[0] for row in measured] == ["llamacpp-cpu", "openai-standin"], measured
+    # Best of 10: a repeat slowed by another process's traffic does not set the ceiling.
+    bandwidth = measure_cpu_bandwidth(buffer_mb=512, threads=1, repeats=10)
     weight_bytes = 246_587_904  # Gemma 3 270M Q4_K_M tensors, tied embeddings: all read per token
     ceiling = bandwidth.read_gbs * GB / weight_bytes
     for endpoint, ours, server in measured:

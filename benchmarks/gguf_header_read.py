@@ -88,7 +88,7 @@ def gemma_figures(model: Path, runs: int, with_reader: bool) -> dict:
 def seventy_b_figures(runs: int) -> dict:
     from gguf.constants import LlamaFileType
 
-    from idp_ops_tests.support.gguf_files import write_gguf_header  # the harness shared with the tests
+    from idp_ops_harness.gguf_files import write_gguf_header  # the harness shared with the tests
 
     with tempfile.TemporaryDirectory(prefix="idp-header-bench-") as tmp:
         path = Path(tmp) / "llama-70b-q4_k_m.gguf"

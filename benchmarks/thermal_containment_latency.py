@@ -17,12 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: idp_ops_harness
+
 from idp_ops.models.demo_model import fetch_demo_model
 from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.deploy import compose_project
 
 # The harness is shared with the tests (idp_ops_tests/thermal/test_e2e_thermal.py).
-from idp_ops_tests.support.thermal_e2e import (
+from idp_ops_harness.thermal_e2e import (
     contain_through_daemon,
     contain_through_guard,
     deploy_fresh,

@@ -3,7 +3,7 @@
 Settings are hermetic: every test gets its own home directory and YAML file, and
 IDP_* variables from the caller's shell are removed so they cannot steer a test.
 
-This file holds fixtures only; the helpers tests share live in idp_ops_tests/support/.
+This file holds fixtures only; the helpers tests share live in idp_ops_harness/.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from idp_ops.settings import REPO_ROOT, Settings, load_settings
-from idp_ops_tests.support.range_server import RangeHandler, ServerState
+from idp_ops_harness.range_server import RangeHandler, ServerState
 
 LOCAL_IMAGE_HINT = "run compose/setup.sh first (it pulls or builds the llama-server image and writes the model)"
 
@@ -26,7 +26,7 @@ LOCAL_IMAGE_HINT = "run compose/setup.sh first (it pulls or builds the llama-ser
 def _remove_this_runs_stacks():
     """Whatever a test leaves running (a failure before its own cleanup) goes at the end."""
     yield
-    from idp_ops_tests.support.projects import remove_projects_of_this_run
+    from idp_ops_harness.projects import remove_projects_of_this_run
 
     try:
         remove_projects_of_this_run()

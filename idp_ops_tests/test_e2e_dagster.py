@@ -17,8 +17,8 @@ import pytest
 
 from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.deploy import compose_project
-from idp_ops_tests.support.dagster_processes import Dagster
-from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+from idp_ops_harness.dagster_processes import Dagster
+from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -14,8 +14,8 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from idp_ops.settings import REPO_ROOT
 from idp_ops.stack.deploy import compose_project, read_latch
 from idp_ops.thermal.telemetry import Sample, write_samples_csv
-from idp_ops_tests.support.dagster_processes import BIN, Dagster
-from idp_ops_tests.support.gpu_standin import running, standin_settings
+from idp_ops_harness.dagster_processes import BIN, Dagster
+from idp_ops_harness.gpu_standin import running, standin_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -69,7 +69,7 @@ def test_containment_starts_at_once_while_heavy_runs_fill_their_slots(tmp_path, 
                 "load_from": [
                     {
                         "python_module": {
-                            "module_name": "idp_ops_tests.support.queue_location",
+                            "module_name": "idp_ops_harness.queue_location",
                             "location_name": "idp_ops",
                             "working_directory": str(REPO_ROOT),
                         }

@@ -56,6 +56,7 @@ Verification after rsync, cheapest first:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -554,11 +555,11 @@ def _keep_previous_copy(good: Path, copy: Path) -> None:
     """Make ``copy`` (in the new snapshot) the previous snapshot's copy, whatever rsync left there
     (a resumed run may hold the rotten bytes): a hard link, swapped in by one rename. Without a
     previous copy the rotten one is removed, and verification reports the file missing."""
-    try:
+    # Either side may be missing (no previous copy, or rsync left none): then there is no
+    # shared inode to find, and the checks below handle both cases.
+    with contextlib.suppress(FileNotFoundError):
         if os.stat(good).st_ino == os.stat(copy).st_ino:
             return
-    except FileNotFoundError:
-        pass
     if not good.is_file():
         copy.unlink(missing_ok=True)
         return

@@ -17,8 +17,8 @@ from idp_ops.definitions import defs
 from idp_ops.history import database as history
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import DEMO_MODEL_FILE, DEMO_MODEL_SHA256
-from idp_ops_tests.support.model_store import flip_bit
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.model_store import flip_bit
+from idp_ops_harness.settings_files import write_settings
 
 MARKER = ".idp-backup-volume"
 

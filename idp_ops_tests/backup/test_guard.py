@@ -15,8 +15,8 @@ import pytest
 from idp_ops.backup.guard import check_shrink, links_leaving, source_rot
 from idp_ops.backup.manifest import Entry, Manifest, build_manifest
 from idp_ops.backup.snapshots import SNAPSHOTS, list_snapshots
-from idp_ops_tests.support.model_store import MARKER, make_store, run_backup, verify_snapshot
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.model_store import MARKER, make_store, run_backup, verify_snapshot
+from idp_ops_harness.settings_files import write_settings
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from idp_ops.backup.manifest import (
     write_manifest,
 )
 from idp_ops.history import database as history
-from idp_ops_tests.support.model_store import flip_bit, make_store
+from idp_ops_harness.model_store import flip_bit, make_store
 
 EXCLUDES = ["*.tmp", "cache/"]
 
@@ -211,7 +211,7 @@ def _cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_cli_manifest_then_verify_catches_one_flipped_bit_and_names_the_file(store, tmp_path):
-    from idp_ops_tests.support.settings_files import write_settings
+    from idp_ops_harness.settings_files import write_settings
 
     config = write_settings(tmp_path / "idp.yaml", home=tmp_path / "home", models_dir=store)
     made = _cli("manifest", str(store), "--json", config=config)

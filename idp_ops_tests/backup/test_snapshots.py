@@ -33,7 +33,7 @@ from idp_ops.backup.snapshots import (
     scrub_slice_of,
 )
 from idp_ops.history import database as history
-from idp_ops_tests.support.model_store import (
+from idp_ops_harness.model_store import (
     EXCLUDES,
     MARKER,
     flip_bit,

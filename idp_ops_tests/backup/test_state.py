@@ -19,8 +19,8 @@ import pytest
 from idp_ops.backup.manifest import MANIFEST_NAME, build_manifest, load_manifest, verify
 from idp_ops.backup.snapshots import SNAPSHOTS, RestoreError, backup, list_snapshots, restore_state
 from idp_ops.backup.state import STATE, StateSources, settings_file_in_use
-from idp_ops_tests.support.model_store import MARKER, make_store
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.model_store import MARKER, make_store
+from idp_ops_harness.settings_files import write_settings
 
 KEY = "k3y-th4t-must-n3ver-be-logged-0123456789abcdef"
 

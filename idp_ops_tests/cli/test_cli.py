@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from idp_ops.settings import REPO_ROOT
-from idp_ops_tests.support.cli import idp_ops
+from idp_ops_harness.cli import idp_ops
 
 
 def test_audit_compose_passes_the_shipped_files():

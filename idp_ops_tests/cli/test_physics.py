@@ -1,7 +1,7 @@
 import json
 
 from idp_ops.models.gguf_meta import read_gguf
-from idp_ops_tests.support.cli import idp_ops
+from idp_ops_harness.cli import idp_ops
 
 
 def test_ceiling_reproduces_the_plans_89_6_tok_s():

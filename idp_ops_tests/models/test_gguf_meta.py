@@ -24,7 +24,7 @@ from idp_ops.models.gguf_meta import (
     scan_models,
 )
 from idp_ops.settings import DEMO_MODEL_FILE
-from idp_ops_tests.support.gguf_files import write_gguf_header
+from idp_ops_harness.gguf_files import write_gguf_header
 
 # The header walker reads in buffers of this size (gguf_meta._HeaderReader.CHUNK): its last read may
 # run this far past the end of the tensor directory, into the first tensor's bytes, and no further.

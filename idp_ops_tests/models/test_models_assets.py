@@ -17,8 +17,8 @@ from idp_ops.models.defs import model_downloads, model_files
 from idp_ops.models.gguf_meta import load_inventory
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import DEMO_MODEL_FILE, load_settings
-from idp_ops_tests.support.gguf_files import tiny_gguf
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.gguf_files import tiny_gguf
+from idp_ops_harness.settings_files import write_settings
 
 pytestmark = pytest.mark.model
 

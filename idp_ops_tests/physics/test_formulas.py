@@ -15,7 +15,7 @@ from idp_ops.physics.formulas import (
     kv_cache_bytes_per_token,
     single_stream_ceiling,
 )
-from idp_ops_tests.support.recorded_data import FIXTURES
+from idp_ops_harness.recorded_data import FIXTURES
 
 ROOFLINE = FIXTURES / "h200_decode_roofline.json"
 

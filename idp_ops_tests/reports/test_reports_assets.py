@@ -19,9 +19,9 @@ from idp_ops.physics.report import ModelFacts, ceiling_for, criteria_rows, model
 from idp_ops.reports.defs import performance_trend, roi_report
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import HARDWARE_PROFILES, AcceptanceCriteria, Endpoint, load_settings
-from idp_ops_tests.support.gguf_files import tiny_gguf
-from idp_ops_tests.support.history_seed import nightly_history, seed_bench_runs, seed_thermal_hourly
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.gguf_files import tiny_gguf
+from idp_ops_harness.history_seed import nightly_history, seed_bench_runs, seed_thermal_hourly
+from idp_ops_harness.settings_files import write_settings
 
 ASSETS = [memory_bandwidth, throughput_ceilings, performance_trend, roi_report]
 # A small probe: the assets' logic is under test here, not the bandwidth (physics/test_bandwidth.py).

@@ -16,7 +16,7 @@ from idp_ops.reports.roi import (
 )
 from idp_ops.reports.trends import load_bench_runs
 from idp_ops.settings import RoiSettings
-from idp_ops_tests.support.history_seed import seed_bench_runs, seed_thermal_hourly
+from idp_ops_harness.history_seed import seed_bench_runs, seed_thermal_hourly
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 AWS, RUNPOD, LAMBDA = "AWS g5.xlarge (A10G)", "RunPod RTX 4090", "Lambda Labs RTX 4090"

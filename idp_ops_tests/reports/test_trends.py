@@ -17,7 +17,7 @@ from idp_ops.reports.trends import (
     thermal_daily,
     throttle_by_reason,
 )
-from idp_ops_tests.support.history_seed import FIRST_NIGHT, nightly_history, seed_bench_runs, seed_thermal_hourly
+from idp_ops_harness.history_seed import FIRST_NIGHT, nightly_history, seed_bench_runs, seed_thermal_hourly
 
 
 def test_planted_regressions_are_found_and_named(tmp_path):

@@ -23,9 +23,9 @@ from idp_ops.stack.secrets import ensure_keys
 from idp_ops.thermal.policy import PolicyConfig
 from idp_ops.thermal.telemetry import Sample
 from idp_ops.thermal.watch import WatchState, watch_tick
-from idp_ops_tests.support.docker_engine import SecondEngine
-from idp_ops_tests.support.gpu_standin import GPU_STANDIN, running, standin_settings
-from idp_ops_tests.support.ports import free_port
+from idp_ops_harness.docker_engine import SecondEngine
+from idp_ops_harness.gpu_standin import GPU_STANDIN, running, standin_settings
+from idp_ops_harness.ports import free_port
 
 pytestmark = [pytest.mark.docker]
 

@@ -12,7 +12,7 @@ from idp_ops.resources import SettingsResource, StackResource
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project, read_latch
 from idp_ops.stack.secrets import read_key
-from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 

@@ -16,7 +16,7 @@ from idp_ops.settings import load_settings
 from idp_ops.stack.compose import ComposeError, DockerUnavailable, check_docker
 from idp_ops.stack.deploy import DeployError, compose_project, deploy
 from idp_ops.stack.secrets import ensure_keys
-from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.docker]
 

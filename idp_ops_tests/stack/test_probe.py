@@ -1,7 +1,7 @@
 import pytest
 
 from idp_ops.stack.probe import ProbeError, probe_endpoint, unauthenticated_status, wait_until_ready
-from idp_ops_tests.support.ports import free_port
+from idp_ops_harness.ports import free_port
 
 
 def test_an_unreachable_endpoint_is_reported_not_raised_as_a_traceback():

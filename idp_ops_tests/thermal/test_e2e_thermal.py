@@ -7,7 +7,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project, read_latch
-from idp_ops_tests.support.thermal_e2e import contain_through_daemon, deploy_fresh, replay_settings
+from idp_ops_harness.thermal_e2e import contain_through_daemon, deploy_fresh, replay_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.model]
 

@@ -22,9 +22,9 @@ from idp_ops.thermal import defs as thermal_defs
 from idp_ops.thermal.defs import thermal_sensor
 from idp_ops.thermal.telemetry import open_sources
 from idp_ops.thermal.watch import LiveSources, Spool, webhooks
-from idp_ops_tests.support.nvml_stand_in import StandInNvml
-from idp_ops_tests.support.recorded_data import FIXTURES
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.nvml_stand_in import StandInNvml
+from idp_ops_harness.recorded_data import FIXTURES
+from idp_ops_harness.settings_files import write_settings
 
 TRACE = FIXTURES / "h200_trace.csv"
 
@@ -169,7 +169,7 @@ class HangingWebhook(BaseHTTPRequestHandler):
 
 
 def _closed_port() -> int:
-    from idp_ops_tests.support.ports import free_port
+    from idp_ops_harness.ports import free_port
 
     return free_port()  # bound and released: nothing listens there
 

@@ -37,8 +37,8 @@ from idp_ops.thermal.telemetry import (
     sample_all,
     write_samples_csv,
 )
-from idp_ops_tests.support.nvml_stand_in import REPORT, StandInNvml
-from idp_ops_tests.support.recorded_data import FIXTURES
+from idp_ops_harness.nvml_stand_in import REPORT, StandInNvml
+from idp_ops_harness.recorded_data import FIXTURES
 
 TRACE = FIXTURES / "h200_trace.csv"
 BASE = datetime(2025, 6, 1, tzinfo=UTC)

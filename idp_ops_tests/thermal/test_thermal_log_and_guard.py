@@ -18,8 +18,8 @@ from idp_ops.stack.deploy import compose_project, deploy, read_latch
 from idp_ops.stack.secrets import ensure_keys
 from idp_ops.thermal.telemetry import CsvReplaySource, Sample
 from idp_ops.thermal.watch import Spool
-from idp_ops_tests.support.recorded_data import FIXTURES
-from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+from idp_ops_harness.recorded_data import FIXTURES
+from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 TRACE = FIXTURES / "h200_trace.csv"
 

@@ -15,7 +15,7 @@ import pynvml
 from idp_ops.thermal.policy import PolicyConfig
 from idp_ops.thermal.telemetry import NvmlSource, Sample, TelemetryError
 from idp_ops.thermal.watch import AlertSink, LiveSources, Spool, WatchState, record_tick, watch_tick
-from idp_ops_tests.support.nvml_stand_in import StandInNvml
+from idp_ops_harness.nvml_stand_in import StandInNvml
 
 CONFIG = PolicyConfig(warn_c=85, contain_c=90, consecutive_samples=2, clear_after_s=60)
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ from idp_ops.validation.bench import (
     percentiles,
     run_benchmark_sync,
 )
-from idp_ops_tests.support.fake_llm_server import FakeServer
+from idp_ops_harness.fake_llm_server import FakeServer
 
 # -- statistics --------------------------------------------------------------
 
@@ -208,7 +208,7 @@ def test_a_rejected_key_is_an_auth_failure_not_a_measurement():
 
 
 def test_an_unreachable_endpoint_fails_clearly_after_the_ready_timeout():
-    from idp_ops_tests.support.ports import free_port
+    from idp_ops_harness.ports import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     lines: list[str] = []
@@ -252,7 +252,7 @@ def stack(tmp_path_factory, llama_image, demo_models_dir):
     from idp_ops.settings import load_settings
     from idp_ops.stack.deploy import compose_project, deploy
     from idp_ops.stack.secrets import ensure_keys
-    from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+    from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
     root = tmp_path_factory.mktemp("bench-stack")
     config = write_settings(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from idp_ops.validation.loadtest import LoadTestError, failure_status, parse_stats_csv, run_locust
-from idp_ops_tests.support.fake_llm_server import FakeServer
-from idp_ops_tests.support.ports import free_port
+from idp_ops_harness.fake_llm_server import FakeServer
+from idp_ops_harness.ports import free_port
 
 LLAMACPP_NAMES = {"quick_completion", "hypothesis_generation"}
 OPENAI_NAMES = {"short_completion", "medium_completion", "long_completion", "/v1/models"}
@@ -82,7 +82,7 @@ def test_a_server_answering_500_counts_server_errors_and_never_sees_the_key_on_t
 def _stack_settings(tmp_path_factory, llama_image, demo_models_dir):
     from idp_ops.settings import load_settings
     from idp_ops.stack.secrets import ensure_keys
-    from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+    from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
     root = tmp_path_factory.mktemp("load-stack")
     config = write_settings(

@@ -11,7 +11,7 @@ from idp_ops.resources import SettingsResource
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project, deploy
 from idp_ops.stack.secrets import ensure_keys
-from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 

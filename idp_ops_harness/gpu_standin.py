@@ -7,8 +7,8 @@ import uuid
 
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project
-from idp_ops_tests.support.projects import unique_project
-from idp_ops_tests.support.settings_files import write_settings
+from idp_ops_harness.projects import unique_project
+from idp_ops_harness.settings_files import write_settings
 
 GPU_STANDIN = """\
 services:

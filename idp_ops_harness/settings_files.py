@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from idp_ops_tests.support.ports import free_port
-from idp_ops_tests.support.projects import unique_project
+from idp_ops_harness.ports import free_port
+from idp_ops_harness.projects import unique_project
 
 
 def write_settings(path: Path, **values) -> Path:

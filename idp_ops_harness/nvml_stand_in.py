@@ -11,7 +11,7 @@ import types
 
 import pynvml
 
-from idp_ops_tests.support.recorded_data import FIXTURES
+from idp_ops_harness.recorded_data import FIXTURES
 
 REPORT = json.loads((FIXTURES / "h200_nvml_report.json").read_text())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from idp_ops.settings import REPO_ROOT
-from idp_ops_tests.support.ports import free_port
+from idp_ops_harness.ports import free_port
 
 BIN = Path(os.environ.get("VIRTUAL_ENV", REPO_ROOT / ".venv")) / "bin"
 STOP_GRACE_S = 20

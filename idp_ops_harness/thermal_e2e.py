@@ -16,9 +16,9 @@ from idp_ops.settings import REPO_ROOT, Settings, load_settings
 from idp_ops.stack.compose import container_time
 from idp_ops.stack.deploy import compose_project, deploy, read_latch
 from idp_ops.stack.secrets import ensure_keys
-from idp_ops_tests.support.dagster_processes import Dagster
-from idp_ops_tests.support.recorded_data import FIXTURES
-from idp_ops_tests.support.settings_files import cpu_stack_settings, write_settings
+from idp_ops_harness.dagster_processes import Dagster
+from idp_ops_harness.recorded_data import FIXTURES
+from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 FIXTURE_TRACE = FIXTURES / "h200_trace.csv"
 

@@ -156,9 +156,8 @@ def cli(*args: str, config: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 def test_idp_ops_backup_on_an_unmounted_models_disk_exits_1_and_keeps_every_snapshot(tmp_path, dest):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     models = tmp_path / "mnt-models"
     models.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(models)], check=True)

@@ -59,9 +59,7 @@ def dest(tmp_path) -> Path:
 
 @pytest.fixture
 def small_volume(tmp_path):
-    """A real 2 MiB tmpfs: a mount point (so no marker needed) that fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    """A real 2 MiB tmpfs: a mount point (so no marker needed) that fills up (root: CI runs as root)."""
     mount_point = tmp_path / "small-volume"
     mount_point.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], check=True)
@@ -232,9 +230,8 @@ def test_a_copy_that_does_not_match_the_manifest_is_not_promoted_and_the_next_ru
     assert verify_snapshot(dest, resumed.snapshot).ok
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root (CI runs as root)")
 def test_an_rsync_failure_keeps_the_previous_snapshot_quotes_rsync_and_the_next_run_resumes(store, dest):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
     first = run_backup(store, dest)
     (store / "llama/config.json").write_bytes(b'{"changed": true}')
     # A read-only file system where rsync must write llama/: it cannot (exit 23), even as root.
@@ -256,6 +253,7 @@ def test_an_rsync_failure_keeps_the_previous_snapshot_quotes_rsync_and_the_next_
     assert verify_snapshot(dest, resumed.snapshot).ok
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 def test_a_destination_that_fills_up_fails_cleanly_and_keeps_the_previous_snapshot(tmp_path, small_volume):
     store = make_store(tmp_path / "models")
     first = run_backup(store, small_volume)

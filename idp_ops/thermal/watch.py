@@ -351,10 +351,6 @@ class TickResult:
     state: WatchState
     problems: list[str] = field(default_factory=list)  # filled by record_tick
 
-    @property
-    def alert_errors(self) -> list[str]:
-        return self.problems
-
 
 def replay_source(csv_path: Path, start_index: int) -> CsvReplaySource:
     return CsvReplaySource(csv_path, start_index=start_index)

@@ -35,7 +35,6 @@ from idp_ops.last_good_settings import snapshot_path
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import SettingsError, load_settings
 from idp_ops.stack.defs import containment_job
-from idp_ops.stack.deploy import read_latch
 from idp_ops.tables import markdown_table
 from idp_ops.thermal.policy import PolicyConfig
 from idp_ops.thermal.store import insert_samples, rollup_day
@@ -48,7 +47,7 @@ from idp_ops.thermal.watch import (
     record_tick,
     replay_source,
     retry_failed,
-    watch_tick,
+    settings_tick,
 )
 
 thermal_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC", end_offset=1)
@@ -244,16 +243,7 @@ def thermal_sensor(context: SensorEvaluationContext, settings: SettingsResource)
         sources, skipped, replay = [], [], replay_source(thermal.replay_csv, state.replay_index)
     else:
         (sources, skipped), replay = _live.current(), None
-    result = watch_tick(
-        sources,
-        PolicyConfig.from_thresholds(thermal),
-        state,
-        latch=read_latch(cfg),
-        replay=replay,
-        replay_rows=thermal.replay_rows_per_tick,
-        skipped=skipped,
-        settings_problem=settings_problem,
-    )
+    result = settings_tick(cfg, state, sources, skipped=skipped, replay=replay, settings_problem=settings_problem)
     retry_failed(result, _outcome(context), datetime.now(UTC))
     run_requests = [_run_request(request, str(snapshot_path(cfg))) for request in result.to_contain]
 

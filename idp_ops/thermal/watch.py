@@ -472,6 +472,31 @@ def watch_tick(
     )
 
 
+def settings_tick(
+    settings,
+    state: WatchState,
+    sources: list[TelemetrySource],
+    *,
+    skipped: Iterable[str] = (),
+    replay: CsvReplaySource | None = None,
+    settings_problem: str | None = None,
+) -> TickResult:
+    """watch_tick with what the settings give it (thresholds, latch, replay rows): the sensor's and the guard's tick."""
+    from idp_ops.stack.deploy import read_latch  # the latch is the stack's record
+
+    thermal = settings.thermal
+    return watch_tick(
+        sources,
+        PolicyConfig.from_thresholds(thermal),
+        state,
+        latch=read_latch(settings),
+        replay=replay,
+        replay_rows=thermal.replay_rows_per_tick,
+        skipped=skipped,
+        settings_problem=settings_problem,
+    )
+
+
 def _request(episode: str, pending: dict) -> ContainRequest:
     d = pending["decision"]
     decision = Decision(
@@ -623,7 +648,6 @@ def run_guard(
     again on the next tick. ``reload`` re-reads the settings each tick (the last good ones
     stay in force when the file stops loading).
     """
-    from idp_ops.stack.deploy import read_latch
 
     replaying = settings.thermal.replay_csv is not None
     live = None if replaying else LiveSources()
@@ -640,15 +664,8 @@ def run_guard(
             interval = interval_s if interval_s is not None else thermal.guard_interval_s
             sources, skipped = live.current() if live else ([], [])
             try:
-                result = watch_tick(
-                    sources,
-                    PolicyConfig.from_thresholds(thermal),
-                    state,
-                    latch=read_latch(settings),
-                    replay=replay,
-                    replay_rows=thermal.replay_rows_per_tick,
-                    skipped=skipped,
-                    settings_problem=settings_problem,
+                result = settings_tick(
+                    settings, state, sources, skipped=skipped, replay=replay, settings_problem=settings_problem
                 )
                 state = result.state
                 for request in result.to_contain:

@@ -242,7 +242,9 @@ def run(work: Path) -> int:
     started = time.perf_counter()
     with history.connect(db) as con:
         con.register("samples_df", samples)
-        con.execute(f"INSERT INTO thermal_samples SELECT {', '.join(samples.columns)} FROM samples_df")
+        # By name: migration 2 added GPU health columns after these.
+        cols = ", ".join(samples.columns)
+        con.execute(f"INSERT INTO thermal_samples ({cols}) SELECT {cols} FROM samples_df")
         con.register("runs_df", runs)
         con.execute(f"INSERT INTO bench_runs ({', '.join(runs.columns)}) SELECT * FROM runs_df")
     duck_insert = time.perf_counter() - started

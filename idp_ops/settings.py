@@ -104,6 +104,9 @@ class ThermalThresholds(_Strict):
     # A containment run retries a failed stop (dockerd restarting, compose erroring) this
     # long before it fails; the sensor then launches a new attempt.
     contain_retry_s: float = Field(120.0, ge=0)
+    # NVML's energy counter costs ~4 ms a read (H200) against ~20 us for the other fields: read it
+    # at most this often, integrating power in between (0: every sample).
+    energy_read_interval_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> ThermalThresholds:

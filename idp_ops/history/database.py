@@ -205,6 +205,36 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        [
+            # GPU health (thermal/nvml_health.py, issue 13): NULL where the card answers NotSupported.
+            # energy_source: "counter" (NVML's counter) or "integrated" (power since the last counter read).
+            # xid_errors: XIDs seen since the previous sample, comma-separated ('' none, NULL not watched).
+            *(
+                f"ALTER TABLE thermal_samples ADD COLUMN {column}"
+                for column in (
+                    "energy_source VARCHAR",
+                    "memory_temperature_c DOUBLE",
+                    "ecc_volatile_corrected BIGINT",
+                    "ecc_volatile_uncorrected BIGINT",
+                    "ecc_aggregate_corrected BIGINT",
+                    "ecc_aggregate_uncorrected BIGINT",
+                    "retired_pages_sbe INTEGER",
+                    "retired_pages_dbe INTEGER",
+                    "retired_pages_pending BOOLEAN",
+                    "remapped_rows_correctable INTEGER",
+                    "remapped_rows_uncorrectable INTEGER",
+                    "remap_pending BOOLEAN",
+                    "remap_failure BOOLEAN",
+                    "pcie_replay_count BIGINT",
+                    "power_limit_w DOUBLE",
+                    "power_default_limit_w DOUBLE",
+                    "xid_errors VARCHAR",
+                )
+            ),
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -37,6 +37,12 @@ Rules (issue 4), per device:
   sample whose timestamp is older than the last one is a wall clock stepped back. It is
   judged, the clear timer restarts (a duration across a step means nothing) and a note
   says so: a clock set back an hour must not blind the policy for an hour.
+- GPU health (issue 13, judged in health.py on the same samples, once each): a new XID,
+  a new uncorrectable ECC error or a pending/failed row remap is a decision whose action
+  is its kind (``xid``, ``ecc``, ``remap``, ``retire``) and whose episode is its own,
+  ``f"{device}-{epoch}-{kind}{n}"``: one alert per event, never one per tick. An XID that
+  means the card is unusable (health.FATAL_XIDS) is also a ``contain`` decision in that
+  episode, latched like a thermal one (none while the device is already latched).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from idp_ops.thermal.health import HealthJudge
 from idp_ops.thermal.telemetry import THERMAL_REASONS, DriverThresholds, Sample, as_utc, parse_timestamp
 
 STATE_VERSION = 1
@@ -83,8 +90,13 @@ class PolicyConfig:
     consecutive_samples: int = 2
     hysteresis_c: float = 3.0
     clear_after_s: float = 300.0
+    # Sampling, not judging, but it comes with the same settings: how often the watch's NVML
+    # source reads the ~4 ms energy counter (power is integrated in between; 0: every sample).
+    energy_read_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if not self.energy_read_interval_s >= 0:
+            raise ValueError(f"energy_read_interval_s must be >= 0, got {self.energy_read_interval_s}")
         if self.consecutive_samples < 1:
             raise ValueError(f"consecutive_samples must be >= 1, got {self.consecutive_samples}")
         if self.hysteresis_c < 0 or self.clear_after_s < 0 or self.slowdown_margin_c < 0:
@@ -100,6 +112,7 @@ class PolicyConfig:
             consecutive_samples=int(thermal_settings.consecutive_samples),
             hysteresis_c=float(thermal_settings.hysteresis_c),
             clear_after_s=float(thermal_settings.clear_after_s),
+            energy_read_interval_s=float(getattr(thermal_settings, "energy_read_interval_s", 60.0)),
         )
 
     @property
@@ -175,6 +188,7 @@ class ThermalPolicy:
         self.epoch = epoch
         # Things worth a log line that are not decisions (a clock step); the caller drains it.
         self.notes: list[str] = []
+        self.health = HealthJudge((state or {}).get("health"))
         if state:
             version = state.get("version", STATE_VERSION)
             if version != STATE_VERSION:
@@ -190,6 +204,7 @@ class ThermalPolicy:
             "epoch": self.epoch,
             "devices": {d: s.to_dict() for d, s in sorted(self._devices.items())},
             "latched": dict(sorted(self._latched.items())),
+            "health": self.health.state(),
         }
 
     @property
@@ -338,6 +353,23 @@ class ThermalPolicy:
             )
             st.episode, st.warned, st.contained = None, False, False
             st.warn_run, st.warn_run_start, st.contain_run, st.contain_run_start = 0, None, 0, None
+        out.extend(self._health_decisions(sample, ts))
+        return out
+
+    def _health_decisions(self, sample: Sample, ts: datetime) -> list[Decision]:
+        out: list[Decision] = []
+        temp = sample.temperature_c
+        for event in self.health.observe(sample):
+            episode = f"{sample.device}-{self.epoch}-{event.kind}{event.n}"
+            reason = event.reason
+            if event.fatal and sample.device in self._latched:
+                reason += f"; containment already latched since episode {self._latched[sample.device]}"
+            elif event.fatal:
+                reason += "; the GPU is unusable: containing the GPU service"
+            out.append(Decision(ts, sample.device, event.kind, temp, reason, episode))
+            if event.fatal and sample.device not in self._latched:
+                self._latched[sample.device] = episode
+                out.append(Decision(ts, sample.device, CONTAIN, temp, event.reason, episode))
         return out
 
     def _new_episode_id(self, device: str, st: _DeviceState) -> str:

@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from idp_ops.thermal.samples import (
+    BOOL_FIELDS,
+    INT_FIELDS,
     MIB,
+    TEXT_FIELDS,
     DriverThresholds,
     Sample,
     TelemetryError,
     as_utc,
     decode_clocks_event_reasons,
+    parse_bool,
     parse_timestamp,
     utc_now,
 )
@@ -31,9 +35,7 @@ SAMPLE_CSV_COLUMNS = ("timestamp",) + tuple(f.name for f in fields(Sample) if f.
 PROBE_COLUMNS = ("t_s", "temperature", "power_mw", "energy_mj", "util", "memory", "sm_clock", "clocks_event_reasons")
 
 _MISSING = {"", "n/a", "[n/a]", "na", "none", "null", "[not supported]", "not supported", "nan"}
-_FLOAT_FIELDS = {
-    f.name for f in fields(Sample) if f.name not in ("ts", "device", "source", "throttle_reasons", "throttle_mask")
-}
+_FLOAT_FIELDS = {f.name for f in fields(Sample) if f.name not in TEXT_FIELDS | BOOL_FIELDS | INT_FIELDS}
 # The default base for relative timestamps (t_s): the Unix epoch, so t_s reads as epoch seconds
 # and a replay is deterministic. Pass base_time for a real date.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -218,6 +220,16 @@ class CsvReplaySource:
         for name, text in cells.items():
             if name in _FLOAT_FIELDS:
                 values[name] = _cell_float(name, text)
+            elif name in INT_FIELDS and name != "throttle_mask":
+                values[name] = _cell_int(name, text)
+            elif name in BOOL_FIELDS:
+                values[name] = parse_bool(text)
+        # GPU health columns (issue 13): XIDs as "a|b", "-" for watched and none seen, empty for not watched.
+        text = cells.get("xid_errors", "").strip()
+        if text:
+            values["xid_errors"] = () if text == "-" else tuple(_cell_int("xid_errors", x) for x in text.split("|"))
+        if cells.get("energy_source", "").strip():
+            values["energy_source"] = cells["energy_source"].strip()
         values["temperature_c"] = self._check_temperature(values.get("temperature_c"))
         mask = _cell_int("throttle_mask", cells["throttle_mask"]) if "throttle_mask" in cells else None
         reasons: tuple[str, ...] = ()
@@ -301,6 +313,8 @@ def write_samples_csv(samples: Iterable[Sample], path: str | Path) -> Path:
                     row.append(d["ts"])
                 elif col == "throttle_reasons":
                     row.append("|".join(d["throttle_reasons"]))
+                elif col == "xid_errors":
+                    row.append("" if d[col] is None else "|".join(str(x) for x in d[col]) or "-")
                 else:
                     v = d[col]
                     row.append("" if v is None else repr(v) if isinstance(v, float) else str(v))

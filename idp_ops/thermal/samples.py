@@ -38,16 +38,43 @@ class Sample:
     throttle_mask: int | None = None
     # Added: fan speed in percent where the card has a fan (None on passive cards).
     fan_speed_pct: float | None = None
+    # Added (GPU health, issue 13). None: the card answered NotSupported (or the read failed).
+    # How energy_mj was obtained: "counter" (NVML's counter, ~4 ms a read, so at most once per
+    # energy_read_interval_s) or "integrated" (last counter read + power integrated since).
+    energy_source: str | None = None
+    memory_temperature_c: float | None = None  # HBM/GDDR temperature (NVML_FI_DEV_MEMORY_TEMP)
+    # ECC error counts: volatile since the driver loaded, aggregate over the card's life.
+    ecc_volatile_corrected: int | None = None
+    ecc_volatile_uncorrected: int | None = None
+    ecc_aggregate_corrected: int | None = None
+    ecc_aggregate_uncorrected: int | None = None
+    # Page retirement (pre-Ampere cards): pages retired for multiple single-bit / double-bit errors.
+    retired_pages_sbe: int | None = None
+    retired_pages_dbe: int | None = None
+    retired_pages_pending: bool | None = None  # a retirement waits for a reboot/reset
+    # Row remapping (Ampere and later): rows remapped for correctable / uncorrectable errors.
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    remap_pending: bool | None = None  # a remap waits for a GPU reset
+    remap_failure: bool | None = None  # a remap failed: the card needs service
+    pcie_replay_count: int | None = None
+    power_limit_w: float | None = None  # enforced now
+    power_default_limit_w: float | None = None  # the board's default
+    # XID numbers NVML reported since the previous sample (event set); None: not watched here.
+    xid_errors: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ts", as_utc(self.ts))
         if not isinstance(self.throttle_reasons, tuple):
             object.__setattr__(self, "throttle_reasons", tuple(self.throttle_reasons))
+        if self.xid_errors is not None and not isinstance(self.xid_errors, tuple):
+            object.__setattr__(self, "xid_errors", tuple(int(x) for x in self.xid_errors))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ts"] = self.ts.isoformat()
         d["throttle_reasons"] = list(self.throttle_reasons)
+        d["xid_errors"] = None if self.xid_errors is None else list(self.xid_errors)
         return d
 
     @classmethod
@@ -61,6 +88,37 @@ class Sample:
             values["ts"] = parse_timestamp(ts)
         values["throttle_reasons"] = tuple(values.get("throttle_reasons") or ())
         return cls(**values)
+
+
+# Sample fields that are not plain numbers (CSV readers parse these themselves).
+TEXT_FIELDS = frozenset({"ts", "device", "source", "throttle_reasons", "energy_source", "xid_errors"})
+BOOL_FIELDS = frozenset({"retired_pages_pending", "remap_pending", "remap_failure"})
+INT_FIELDS = frozenset(
+    {
+        "throttle_mask",
+        "ecc_volatile_corrected",
+        "ecc_volatile_uncorrected",
+        "ecc_aggregate_corrected",
+        "ecc_aggregate_uncorrected",
+        "retired_pages_sbe",
+        "retired_pages_dbe",
+        "remapped_rows_correctable",
+        "remapped_rows_uncorrectable",
+        "pcie_replay_count",
+    }
+)
+
+
+def parse_bool(text: str) -> bool | None:
+    """A CSV cell as a flag: true/false/1/0/yes/no; empty or n/a is None."""
+    t = text.strip().lower()
+    if t in ("", "n/a", "none", "null", "nan"):
+        return None
+    if t in ("1", "true", "yes"):
+        return True
+    if t in ("0", "false", "no"):
+        return False
+    raise ValueError(f"{text!r} is not a flag (true/false/1/0)")
 
 
 @dataclass(frozen=True)

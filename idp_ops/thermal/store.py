@@ -10,10 +10,37 @@ import duckdb
 
 from idp_ops.thermal.telemetry import Sample
 
-_COLUMNS = (
+# GPU health columns (migration 2): Sample fields stored as they are; xid_errors as "79,48".
+HEALTH_COLUMNS = (
+    "energy_source",
+    "memory_temperature_c",
+    "ecc_volatile_corrected",
+    "ecc_volatile_uncorrected",
+    "ecc_aggregate_corrected",
+    "ecc_aggregate_uncorrected",
+    "retired_pages_sbe",
+    "retired_pages_dbe",
+    "retired_pages_pending",
+    "remapped_rows_correctable",
+    "remapped_rows_uncorrectable",
+    "remap_pending",
+    "remap_failure",
+    "pcie_replay_count",
+    "power_limit_w",
+    "power_default_limit_w",
+    "xid_errors",
+)
+_BASE_COLUMNS = (
     "ts, device, source, temperature_c, power_w, energy_mj, utilization_pct, memory_used_mb, "
     "memory_total_mb, sm_clock_mhz, mem_clock_mhz, throttle_reasons"
 )
+_COLUMNS = _BASE_COLUMNS + ", " + ", ".join(HEALTH_COLUMNS)
+_COUNT = len(_COLUMNS.split(", "))
+
+
+def _health_values(s: Sample) -> tuple:
+    xids = None if s.xid_errors is None else ",".join(str(x) for x in s.xid_errors)
+    return tuple(xids if name == "xid_errors" else getattr(s, name) for name in HEALTH_COLUMNS)
 
 
 def insert_samples(con: duckdb.DuckDBPyConnection, samples: Iterable[Sample]) -> int:
@@ -32,6 +59,7 @@ def insert_samples(con: duckdb.DuckDBPyConnection, samples: Iterable[Sample]) ->
             s.sm_clock_mhz,
             s.mem_clock_mhz,
             ",".join(s.throttle_reasons),
+            *_health_values(s),
         )
         for s in samples
     ]
@@ -40,7 +68,7 @@ def insert_samples(con: duckdb.DuckDBPyConnection, samples: Iterable[Sample]) ->
     before = con.execute("SELECT count(*) FROM thermal_samples").fetchone()[0]
     con.execute("CREATE TEMP TABLE IF NOT EXISTS incoming AS SELECT * FROM thermal_samples LIMIT 0")
     con.execute("DELETE FROM incoming")
-    con.executemany(f"INSERT INTO incoming ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
+    con.executemany(f"INSERT INTO incoming ({_COLUMNS}) VALUES ({', '.join('?' * _COUNT)})", rows)
     # A re-ingested day, or the same sample twice in one spool, adds nothing.
     con.execute(
         f"INSERT INTO thermal_samples ({_COLUMNS}) SELECT DISTINCT ON (ts, device) {_COLUMNS} FROM incoming "
@@ -59,6 +87,12 @@ def rollup_day(
     counts as ``max_gap_s``. Energy comes from the cumulative counter: a counter
     that went backwards was reset (driver reload), and its new value is the
     energy since the reset.
+
+    Between counter reads energy_mj is integrated power (energy_source "integrated"),
+    so a counter read may land slightly BELOW the estimate before it: that is a
+    correction, counted as a negative delta (the deltas then sum to the counter's own
+    difference). Only a value below the last COUNTER-read value is a reset. Rows
+    without energy_source (before migration 2) were all counter reads.
     """
     start = day_start.astimezone(UTC)
     end = start + timedelta(days=1)
@@ -67,7 +101,10 @@ def rollup_day(
         WITH ordered AS (
             SELECT *,
                    lead(ts) OVER w AS next_ts,
-                   lag(energy_mj) OVER w AS prev_energy
+                   lag(energy_mj) OVER w AS prev_energy,
+                   last_value(CASE WHEN coalesce(energy_source, 'counter') = 'counter' THEN energy_mj END
+                              IGNORE NULLS) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                       AS prev_counter
             FROM thermal_samples
             WHERE ts >= ? AND ts < ?
             WINDOW w AS (PARTITION BY device ORDER BY ts)
@@ -75,7 +112,7 @@ def rollup_day(
             SELECT *,
                    least(coalesce(epoch(next_ts) - epoch(ts), 0), ?) AS dt,
                    CASE WHEN energy_mj IS NULL OR prev_energy IS NULL THEN 0
-                        WHEN energy_mj < prev_energy THEN energy_mj
+                        WHEN energy_mj < coalesce(prev_counter, prev_energy) THEN energy_mj
                         ELSE energy_mj - prev_energy END AS de
             FROM ordered
         )

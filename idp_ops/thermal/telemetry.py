@@ -7,9 +7,11 @@ limits where it knows them.
 
 NVML facts this module rests on (measured on an H200, ``idp_ops_tests/fixtures/h200_nvml_report.json``):
 ``nvmlInit`` costs ~9 ms (done once per source), the seed's five fields ~12 us together,
-``nvmlDeviceGetTotalEnergyConsumption`` ~4 ms (read at most once per sample), and a
+``nvmlDeviceGetTotalEnergyConsumption`` ~4 ms (read at most once a minute, power integrated
+in between: energy.py), and a
 NotSupported answer (fan speed on a passive card) costs ~140 us: a field that answered
-NotSupported once is remembered per device and not asked again.
+NotSupported once is remembered per device and not asked again. GPU health fields (XIDs, ECC,
+retired pages, remapped rows, memory temperature, PCIe replays, power limits): nvml_health.py.
 
 Units: temperatures in degrees C, power in W, energy in mJ (NVML's cumulative counter),
 memory in MiB (what ``nvidia-smi`` prints as "MiB"; the field names keep the plan's ``_mb``),
@@ -21,10 +23,15 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from idp_ops.thermal.energy import COUNTER, DEFAULT_INTERVAL_S, EnergyIntegrator
+from idp_ops.thermal.nvml_health import XidWatch, read_field_values, read_health
+from idp_ops.thermal.nvml_health import field_value as _field_value  # noqa: F401  (kept importable here)
 
 # The data types and the CSV replay live in their own modules; callers keep importing them from here.
 from idp_ops.thermal.replay import (
@@ -130,16 +137,6 @@ def _number(value: Any, scale: float = 1.0) -> float | None:
     return float(value) / scale
 
 
-def _field_value(nvml: Any, fv: Any) -> float | None:
-    """One ``c_nvmlFieldValue_t`` -> number, None if its own return code is not success."""
-    if getattr(fv, "nvmlReturn", 0) != _code(nvml, "NVML_SUCCESS", 0):
-        return None
-    member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}.get(
-        int(getattr(fv, "valueType", 1)), "uiVal"
-    )
-    return float(getattr(fv.value, member))
-
-
 def read_clocks_event_mask(reader: FieldReader, handle: Any) -> int | None:
     """Current clocks-event reasons; falls back to the pre-12.535 'throttle reasons' call."""
     nvml = reader.nvml
@@ -164,30 +161,45 @@ def read_nvml_sample(
     unsupported: set[str] | None = None,
     read_energy: bool = True,
     read_fan: bool = True,
+    energy: EnergyIntegrator | None = None,
+    monotonic_s: float | None = None,
+    xid: XidWatch | None = None,
+    cache: dict[str, Any] | None = None,
+    health: bool = True,
 ) -> Sample:
     """One Sample of every field from one NVML device handle.
 
     ``nvml`` is the ``pynvml`` module (or anything with its names). Each field is one
-    call; the energy counter is read exactly once (it is the expensive one, ~4 ms).
+    call. The energy counter is the expensive one (~4 ms): without ``energy`` it is read
+    exactly once per sample; with an :class:`EnergyIntegrator` only when it is due (at most
+    once per its interval, at ``monotonic_s``), the power integrated in between.
+    ``xid`` drains the device's XID events; ``health`` reads ECC, retired pages, remapped
+    rows, PCIe replays and power limits (``cache``: per-device constants).
     """
     r = FieldReader(nvml, device, unsupported)
     temperature = r.read("temperature", nvml.nvmlDeviceGetTemperature, handle, _code(nvml, "NVML_TEMPERATURE_GPU", 0))
     power_mw = r.read("power", nvml.nvmlDeviceGetPowerUsage, handle)
-    instant_w = None
-    if "power_instant" not in r.unsupported:
-        field_id = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)
-        if field_id is None:
-            r.unsupported.add("power_instant")
+    # One field-values call for both (~4 us a call on the H200); a field whose own return
+    # code says no is NotSupported on this card.
+    fields = {"power_instant": "NVML_FI_DEV_POWER_INSTANT"}
+    if health:
+        fields["memory_temperature"] = "NVML_FI_DEV_MEMORY_TEMP"
+    values = read_field_values(r, handle, fields)
+    instant_mw = values.get("power_instant")
+    instant_w = None if instant_mw is None else instant_mw / 1000.0
+    energy_mj, energy_source = None, None
+    if read_energy and energy is None:
+        energy_mj = _number(r.read("energy", nvml.nvmlDeviceGetTotalEnergyConsumption, handle))
+        energy_source = None if energy_mj is None else COUNTER
+    elif read_energy and "energy" not in r.unsupported:
+        t = time.monotonic() if monotonic_s is None else monotonic_s
+        power_w = _number(power_mw, 1000.0)
+        if energy.counter_due(t, power_w):
+            counter = _number(r.read("energy", nvml.nvmlDeviceGetTotalEnergyConsumption, handle))
+            energy_mj, energy_source = energy.from_counter(t, counter, power_w)
         else:
-            values = r.read("power_instant", getattr(nvml, "nvmlDeviceGetFieldValues", None), handle, [field_id])
-            if values is not None:
-                instant_mw = _field_value(nvml, values[0])
-                if instant_mw is None:
-                    # The field's own return code said no: on this card it is NotSupported.
-                    r.unsupported.add("power_instant")
-                else:
-                    instant_w = instant_mw / 1000.0
-    energy = r.read("energy", nvml.nvmlDeviceGetTotalEnergyConsumption, handle) if read_energy else None
+            assert power_w is not None  # counter_due is True without a power reading
+            energy_mj, energy_source = energy.integrate(t, power_w)
     util = r.read("utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
     memory = r.read("memory", nvml.nvmlDeviceGetMemoryInfo, handle)
     sm_clock = r.read("sm_clock", nvml.nvmlDeviceGetClockInfo, handle, _code(nvml, "NVML_CLOCK_SM", 1))
@@ -201,7 +213,7 @@ def read_nvml_sample(
         temperature_c=_number(temperature),
         power_w=_number(power_mw, 1000.0),
         power_instant_w=instant_w,
-        energy_mj=_number(energy),
+        energy_mj=energy_mj,
         utilization_pct=_number(getattr(util, "gpu", None)),
         memory_used_mb=_number(getattr(memory, "used", None), MIB),
         memory_total_mb=_number(getattr(memory, "total", None), MIB),
@@ -210,6 +222,10 @@ def read_nvml_sample(
         throttle_reasons=decode_clocks_event_reasons(mask),
         throttle_mask=mask,
         fan_speed_pct=_number(fan),
+        energy_source=energy_source,
+        memory_temperature_c=values.get("memory_temperature"),
+        xid_errors=xid.poll(r) if xid is not None else None,
+        **(read_health(r, handle, cache) if health else {}),
     )
 
 
@@ -253,6 +269,11 @@ class NvmlSource:
     Raises :class:`NoDevice` when the library, the driver or any device is missing,
     :class:`TelemetryError` on other NVML start-up failures. ``nvml`` replaces the
     ``pynvml`` module (tests drive the field-reading code with a stand-in).
+
+    The energy counter is read at most once per ``energy_read_interval_s`` per device (0: every
+    sample), the power integrated in between (``Sample.energy_source`` says which);
+    ``monotonic`` times that. ``watch_xid`` registers an NVML event set per device for critical
+    XIDs (``xid_registration`` says what each registration gave) and drains it every sample.
     """
 
     name = "nvml"
@@ -264,12 +285,20 @@ class NvmlSource:
         clock: Callable[[], datetime] = utc_now,
         read_energy: bool = True,
         read_fan: bool = True,
+        energy_read_interval_s: float = DEFAULT_INTERVAL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+        watch_xid: bool = True,
+        health: bool = True,
     ):
         self._nvml = nvml if nvml is not None else _import_pynvml()
         self._clock = clock
+        self._monotonic = monotonic
         self._read_energy = read_energy
         self._read_fan = read_fan
+        self._health = health
+        self._energy_read_interval_s = float(energy_read_interval_s)
         self._open = False
+        self._xid: dict[str, XidWatch] = {}
         # Devices whose last sample failed (fell off the bus, reset required): device -> error.
         self.device_errors: dict[str, str] = {}
         nv = self._nvml
@@ -302,6 +331,10 @@ class NvmlSource:
             self._thresholds = [
                 read_nvml_thresholds(nv, h, d) for d, h in zip(self.devices, self._handles, strict=True)
             ]
+            self._energy = {d: EnergyIntegrator(self._energy_read_interval_s) for d in self.devices}
+            self._cache: dict[str, dict[str, Any]] = {d: {} for d in self.devices}
+            if watch_xid:
+                self._xid = {d: XidWatch(nv, h, d) for d, h in zip(self.devices, self._handles, strict=True)}
         except error as exc:
             self.close()
             if is_driver_gone(nv, exc):
@@ -310,6 +343,29 @@ class NvmlSource:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def energy_read_interval_s(self) -> float:
+        return self._energy_read_interval_s
+
+    @energy_read_interval_s.setter
+    def energy_read_interval_s(self, seconds: float) -> None:
+        """Change the counter cadence (the settings can change while the source stays open)."""
+        seconds = float(seconds)
+        if seconds != self._energy_read_interval_s:
+            EnergyIntegrator(seconds)  # validates
+            self._energy_read_interval_s = seconds
+            for integrator in self._energy.values():
+                integrator.interval_s = seconds
+
+    @property
+    def xid_registration(self) -> dict[str, str]:
+        """Per device: "registered", "not supported", "failed: ..." or "not watched"."""
+        return {d: (self._xid[d].status if d in self._xid else "not watched") for d in self.devices}
+
+    @property
+    def energy_counter_reads(self) -> dict[str, int]:
+        return {d: e.counter_reads for d, e in self._energy.items()}
 
     @property
     def unsupported_fields(self) -> dict[str, list[str]]:
@@ -335,6 +391,11 @@ class NvmlSource:
                         unsupported=self._unsupported[device],
                         read_energy=self._read_energy,
                         read_fan=self._read_fan,
+                        energy=self._energy[device] if self._energy_read_interval_s > 0 else None,
+                        monotonic_s=self._monotonic(),
+                        xid=self._xid.get(device),
+                        cache=self._cache[device],
+                        health=self._health,
                     )
                 )
             except TelemetryError as exc:
@@ -349,6 +410,8 @@ class NvmlSource:
     def close(self) -> None:
         if self._open:
             self._open = False
+            for watch in self._xid.values():
+                watch.close()  # before nvmlShutdown: the event sets belong to this session
             # Shutting down a library whose driver is already gone is not a new failure.
             with contextlib.suppress(_nvml_error_class(self._nvml)):
                 self._nvml.nvmlShutdown()
@@ -488,6 +551,7 @@ def open_sources(
     replay_restamp: bool = False,
     clock: Callable[[], datetime] = utc_now,
     nvml: Any = None,
+    energy_read_interval_s: float = DEFAULT_INTERVAL_S,
 ) -> tuple[list[TelemetrySource], list[str]]:
     """Open what this machine has. Returns (sources that opened, reasons for those that did not).
 
@@ -512,7 +576,7 @@ def open_sources(
             skipped.append(f"csv: {exc}")
     elif enable_nvml:
         try:
-            sources.append(NvmlSource(nvml=nvml, clock=clock))
+            sources.append(NvmlSource(nvml=nvml, clock=clock, energy_read_interval_s=energy_read_interval_s))
         except TelemetryError as exc:
             skipped.append(f"nvml: {exc}")
     else:

@@ -397,6 +397,8 @@ def watch_tick(
     failed: list[TelemetrySource] = []
     device_errors: dict[str, str] = {}
     for source in sources:
+        if hasattr(source, "energy_read_interval_s"):  # NVML: the settings may change while it stays open
+            source.energy_read_interval_s = policy_config.energy_read_interval_s
         try:
             samples.extend(source.sample())
         except TelemetryError as exc:

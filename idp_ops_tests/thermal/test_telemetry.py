@@ -463,8 +463,26 @@ def test_nvml_sample_decodes_the_h200_report_values():
         throttle_reasons=("gpu_idle",),
         throttle_mask=1,
         fan_speed_pct=None,  # NotSupported on a passive card: None, and the sample goes on
+        energy_source="counter",
+        memory_temperature_c=35.0,  # HBM, NVML_FI_DEV_MEMORY_TEMP as recorded
+        ecc_volatile_corrected=0,
+        ecc_volatile_uncorrected=0,
+        ecc_aggregate_corrected=0,
+        ecc_aggregate_uncorrected=0,
+        retired_pages_sbe=None,  # Hopper remaps rows: page retirement is NotSupported
+        retired_pages_dbe=None,
+        retired_pages_pending=None,
+        remapped_rows_correctable=0,
+        remapped_rows_uncorrectable=0,
+        remap_pending=False,
+        remap_failure=False,
+        pcie_replay_count=0,
+        power_limit_w=700.0,
+        power_default_limit_w=700.0,
+        xid_errors=None,  # no event set passed: not watched
     )
     assert nv.calls["nvmlDeviceGetTotalEnergyConsumption"] == 1  # ~4 ms each: exactly once
+    assert nv.calls["nvmlDeviceGetFieldValues"] == 1  # power instant and memory temperature in one call
 
 
 def test_nvml_thresholds_from_the_h200_report():
@@ -490,7 +508,8 @@ def test_not_supported_fields_are_asked_once_then_skipped():
         read_nvml_sample(nv, ("handle", 0), "gpu0", BASE, unsupported=unsupported)
     assert nv.calls["nvmlDeviceGetFanSpeed"] == 1  # 140 us per NotSupported answer on the H200
     assert nv.calls["nvmlDeviceGetTemperature"] == 3
-    assert unsupported == {"fan"}
+    assert nv.calls["nvmlDeviceGetRetiredPages"] == 2  # once per cause, then remembered
+    assert unsupported == {"fan", "retired_pages_sbe", "retired_pages_dbe", "retired_pages_pending"}
 
 
 def test_field_value_with_its_own_error_code_is_none():
@@ -538,21 +557,28 @@ def test_clocks_event_reasons_fall_back_to_the_throttle_call():
 def test_nvml_source_inits_once_reads_thresholds_once_and_samples_every_device():
     nv = StandInNvml(devices=2)
     ticks = iter([BASE, BASE + timedelta(seconds=1), BASE + timedelta(seconds=30), BASE + timedelta(seconds=31)])
-    src = NvmlSource(nvml=nv, clock=lambda: next(ticks))
+    src = NvmlSource(nvml=nv, clock=lambda: next(ticks), monotonic=iter([0.0, 0.0, 1.0, 1.0]).__next__)
     first = src.sample()
     second = src.sample()
     assert [s.device for s in first] == ["gpu0", "gpu1"]
     assert [s.ts for s in first + second] == [BASE + timedelta(seconds=x) for x in (0, 1, 30, 31)]
     assert nv.calls["nvmlInit"] == 1
     assert nv.calls["nvmlDeviceGetTemperatureThreshold"] == 8  # 4 per device, at start only
-    assert nv.calls["nvmlDeviceGetTotalEnergyConsumption"] == 4  # once per device per sample
+    # ~4 ms a read: once per device at the first sample, then power is integrated (once a minute)
+    assert nv.calls["nvmlDeviceGetTotalEnergyConsumption"] == 2
+    assert [s.energy_source for s in first + second] == ["counter", "counter", "integrated", "integrated"]
     assert nv.calls["nvmlDeviceGetFanSpeed"] == 2  # once per device, then remembered
-    assert src.unsupported_fields == {"gpu0": ["fan"], "gpu1": ["fan"]}
+    assert nv.calls["nvmlDeviceGetPowerManagementDefaultLimit"] == 2  # a constant: once per device
+    retired = ["retired_pages_dbe", "retired_pages_pending", "retired_pages_sbe"]
+    assert src.unsupported_fields == {"gpu0": ["fan", *retired], "gpu1": ["fan", *retired]}
+    assert src.xid_registration == {"gpu0": "registered", "gpu1": "registered"}
+    assert [s.xid_errors for s in first + second] == [()] * 4
     assert [t.slowdown_c for t in src.thresholds()] == [89, 89]
     assert src.gpu_names == {"gpu0": "NVIDIA H200", "gpu1": "NVIDIA H200"}
     src.close()
     src.close()
     assert nv.calls["nvmlShutdown"] == 1
+    assert nv.calls["nvmlEventSetFree"] == 2  # the event sets go back before nvmlShutdown
     with pytest.raises(TelemetryError, match="closed"):
         src.sample()
 
@@ -629,7 +655,8 @@ def test_h200_trace_through_the_nvml_path_gives_the_csv_values():
         nv.row = next(clock_rows)
         return nv.row.ts
 
-    src = NvmlSource(nvml=nv, clock=clock)
+    # energy_read_interval_s=0: the counter on every sample (the integration is test_gpu_health's)
+    src = NvmlSource(nvml=nv, clock=clock, energy_read_interval_s=0)
     via_nvml = [src.sample()[0] for _ in rows]
     for a, b in zip(via_nvml, rows, strict=True):
         assert (a.ts, a.temperature_c, a.power_w, a.energy_mj, a.throttle_reasons) == (

@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
     try:
-        source = NvmlSource()
+        source = NvmlSource(energy_read_interval_s=0)  # a recorded trace keeps the counter on every row
     except NoDevice as exc:
         print(f"no GPU here: {exc}")
         return 0

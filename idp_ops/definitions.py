@@ -6,6 +6,7 @@ Definitions it finds at this module's top level.
 
 from dagster import Definitions
 
+from idp_ops.alerts import defs as alerts
 from idp_ops.backup import defs as backup
 from idp_ops.models import defs as models
 from idp_ops.physics import defs as physics
@@ -18,6 +19,6 @@ from idp_ops.validation import defs as validation
 settings_resource = SettingsResource()
 
 defs = Definitions.merge(
-    *(domain.defs for domain in (stack, validation, models, backup, thermal, physics, reports)),
+    *(domain.defs for domain in (stack, validation, models, backup, thermal, physics, reports, alerts)),
     Definitions(resources={"settings": settings_resource, "stack": StackResource(settings=settings_resource)}),
 )

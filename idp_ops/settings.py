@@ -161,6 +161,36 @@ class BackupSettings(_Strict):
     hash_workers: int = Field(0, ge=0)
 
 
+class DeadmanWindow(_Strict):
+    """A job that must succeed at least once every ``window_h`` hours (its schedule's period), plus grace."""
+
+    job: str = Field(min_length=1)
+    window_h: float = Field(gt=0)
+    grace_h: float = Field(0.0, ge=0)
+
+
+class AlertSettings(_Strict):
+    """Alerts for what runs unattended: failed runs, overdue jobs, a dead dagster-daemon.
+
+    They go to the same alerts log and webhook as the thermal alerts (``thermal.webhook_url``)."""
+
+    # Dead-man windows: each job's schedule period plus the grace a slow run may take.
+    deadman: list[DeadmanWindow] = [
+        DeadmanWindow(job="nightly_validation_job", window_h=24, grace_h=2),
+        DeadmanWindow(job="weekly_backup_job", window_h=7 * 24, grace_h=6),
+        # Every 15 minutes; the thermal_log asset's own freshness fails after 2 h.
+        DeadmanWindow(job="thermal_ingest_job", window_h=0.25, grace_h=0.75),
+    ]
+    # How often deadman_sensor evaluates (read when the code location loads).
+    deadman_interval_s: int = Field(300, ge=30)
+    # The guard's view of Dagster: the instance directory (None: $DAGSTER_HOME), how often it
+    # is read, and how old the daemon's newest scheduler/sensor heartbeat may be (the daemon
+    # beats every 30 s) before "scheduler_down".
+    dagster_home: Path | None = None
+    guard_check_interval_s: float = Field(30.0, gt=0)
+    daemon_stale_after_s: float = Field(120.0, ge=35)
+
+
 class ModelDownload(_Strict):
     """A model file the box should have: from a URL or a Hugging Face repo, checked by sha256."""
 
@@ -366,6 +396,7 @@ class Settings(BaseSettings):
     thermal: ThermalThresholds = ThermalThresholds()
     validation: ValidationSettings = ValidationSettings()
     backup: BackupSettings = BackupSettings()
+    alerts: AlertSettings = AlertSettings()
     roi: RoiSettings = RoiSettings()
     model_downloads: list[ModelDownload] = []
     hardware_profile: str | HardwareProfile | None = None

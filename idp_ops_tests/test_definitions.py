@@ -54,6 +54,8 @@ SCHEDULES = {
     ("reports_schedule", "0 6 * * *"),
 }
 
+SENSORS = {"thermal_sensor", "run_failure_alert_sensor", "deadman_sensor"}
+
 
 def test_code_location_resolves_with_expected_assets_checks_jobs_schedules_and_sensors():
     graph = defs.resolve_asset_graph()
@@ -62,8 +64,10 @@ def test_code_location_resolves_with_expected_assets_checks_jobs_schedules_and_s
     assert {job.name for job in defs.resolve_all_job_defs()} - {"__ASSET_JOB"} == JOBS
     assert {(s.name, s.cron_schedule) for s in defs.schedules} == SCHEDULES
     assert all(s.default_status.value == "RUNNING" for s in defs.schedules)
-    (sensor,) = defs.sensors
-    assert sensor.name == "thermal_sensor" and sensor.default_status.value == "RUNNING"
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == SENSORS
+    assert all(s.default_status.value == "RUNNING" for s in sensors.values())
+    sensor = sensors["thermal_sensor"]
     assert sensor.job_name == "containment_job"
 
 

@@ -124,6 +124,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
         interval_s=args.interval,
         max_ticks=args.max_ticks,
         reload=reload,
+        watch_dagster=not args.no_dagster,
     )
     return 0
 
@@ -141,4 +142,10 @@ def register(sub, common) -> None:
     guard = sub.add_parser("thermal-guard", parents=[common], help="watch temperatures and contain, without Dagster")
     guard.add_argument("--interval", type=float, help="seconds between samples (default: settings)")
     guard.add_argument("--max-ticks", type=int, help=argparse.SUPPRESS)
+    guard.add_argument(
+        "--no-dagster",
+        action="store_true",
+        help="do not watch the Dagster instance (DAGSTER_HOME or alerts.dagster_home): no dead-man or "
+        "scheduler_down alerts from the guard",
+    )
     guard.set_defaults(func=cmd_guard)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import queue
 import threading
 import time
 import uuid
@@ -37,8 +35,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import httpx
-
+# The alert sink lives in idp_ops.alerts.sink (every domain alerts through it); its names stay importable here.
+from idp_ops.alerts.sink import AlertSink, _WebhookSender, post_webhook, webhooks  # noqa: F401
+from idp_ops.alerts.sink import append_lines as _append_lines
 from idp_ops.thermal.policy import Decision, PolicyConfig, ThermalPolicy
 from idp_ops.thermal.telemetry import CsvReplaySource, Sample, TelemetryError, TelemetrySource, open_sources
 
@@ -124,145 +123,11 @@ class Spool:
         return None
 
 
-def _append_lines(path: Path, lines: list[str]) -> None:
-    """Append whole lines; on failure (ENOSPC) cut the file back so no torn line is left."""
-    with path.open("a") as handle:
-        before = handle.tell()
-        try:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        except OSError:
-            with contextlib.suppress(OSError):  # the original error is the one worth raising
-                handle.truncate(before)
-            raise
-
-
 # -- alerts ------------------------------------------------------------------
 
 
 def alert_key(decision: Decision, attempt: int | None = None) -> str:
     return f"{decision.episode}:{decision.action}" + (f":{attempt}" if attempt else "")
-
-
-class _WebhookSender:
-    """One background thread per process posts the webhooks, in order, each with a timeout.
-
-    The watch never waits for it: an alert is in the alerts log before it is queued,
-    and a delivery failure is appended to the same log.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=1000)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, job: tuple) -> bool:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="idp-ops-webhook", daemon=True)
-                self._thread.start()
-        try:
-            self._queue.put_nowait(job)
-            return True
-        except queue.Full:
-            return False
-
-    def _run(self) -> None:
-        while True:
-            url, payload, timeout_s, on_error = self._queue.get()
-            try:
-                error = post_webhook(url, payload, timeout_s)
-                if error:
-                    on_error(error)
-            finally:
-                self._queue.task_done()
-
-    def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued post is done (tests, and the guard on exit)."""
-        deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return not self._queue.unfinished_tasks
-
-
-webhooks = _WebhookSender()
-
-
-def post_webhook(url: str, payload: dict, timeout_s: float) -> str | None:
-    """POST one alert; returns what went wrong, never raises."""
-    try:
-        response = httpx.post(url, json=payload, timeout=timeout_s)
-        if response.status_code >= 400:
-            return f"webhook answered {response.status_code}"
-    # InvalidURL is not an HTTPError; a malformed URL can also surface as ValueError.
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
-        return f"webhook failed: {type(exc).__name__}: {exc}"
-    return None
-
-
-@dataclass
-class AlertSink:
-    log_path: Path
-    webhook_url: str | None = None
-    webhook_timeout_s: float = 5.0
-
-    def already_logged(self, key: str, *, origin: str, tail_bytes: int = 256 * 1024) -> bool:
-        """Whether this alert is in the recent log (a retried tick must not alert twice)."""
-        try:
-            size = self.log_path.stat().st_size
-            with self.log_path.open("rb") as handle:
-                handle.seek(max(0, size - tail_bytes))
-                tail = handle.read().decode(errors="replace")
-        except OSError:
-            return False
-        for line in tail.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # the first line of the tail may be cut
-            logged = record.get("key") or f"{record.get('episode')}:{record.get('action')}"
-            if logged == key and record.get("origin") == origin:
-                return True
-        return False
-
-    def emit(self, decision: Decision, *, origin: str, key: str | None = None) -> str | None:
-        """Log one alert and queue its webhook; returns what went wrong writing the log. Never raises."""
-        record = {
-            **decision.to_dict(),
-            "key": key or alert_key(decision),
-            "origin": origin,
-            "logged_at": _utc_now().isoformat(),
-        }
-        problem = None
-        try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            _append_lines(self.log_path, [json.dumps(record)])
-        except OSError as exc:
-            problem = f"alerts log {self.log_path} not written: {exc}"
-        if self.webhook_url:
-            title = f"idp-ops {decision.action}: {decision.device}" + (
-                f" at {decision.temperature_c} °C" if decision.temperature_c is not None else ""
-            )
-            payload = {**record, "title": title, "text": f"{title}: {decision.reason}"}
-            queued = webhooks.submit((self.webhook_url, payload, self.webhook_timeout_s, self._delivery_failed(record)))
-            if not queued:
-                problem = (problem + "; " if problem else "") + "webhook queue full: alert not posted"
-        return problem
-
-    def _delivery_failed(self, record: dict) -> Callable[[str], None]:
-        def note(error: str) -> None:
-            failure = {
-                "action": "webhook_failed",
-                "key": record["key"],
-                "origin": record["origin"],
-                "error": error,
-                "logged_at": _utc_now().isoformat(),
-            }
-            with contextlib.suppress(OSError):  # nowhere left to report it; the alert itself is logged
-                _append_lines(self.log_path, [json.dumps(failure)])
-
-        return note
 
 
 # -- one tick ----------------------------------------------------------------
@@ -643,25 +508,42 @@ def run_guard(
     interval_s: float | None = None,
     max_ticks: int | None = None,
     reload: Callable[[], tuple[object, str | None]] | None = None,
+    watch_dagster: bool = True,
+    dagster_check_s: float | None = None,
 ) -> WatchState:
     """The thermal guard: the same sources and policy in a loop, acting without Dagster.
 
     ``contain`` must stop and verify (raise on failure); a failed stop is alerted and tried
     again on the next tick. ``reload`` re-reads the settings each tick (the last good ones
     stay in force when the file stops loading).
+
+    ``watch_dagster``: on a thread of its own, also check the Dagster instance (DAGSTER_HOME or
+    ``alerts.dagster_home``) every ``dagster_check_s`` (default ``alerts.guard_check_interval_s``):
+    jobs overdue against their dead-man windows, and "scheduler_down" when the daemon stops
+    beating. Nothing it does (an unreadable instance, a slow query) reaches the thermal loop.
     """
+    from idp_ops.alerts.watchdog import DagsterWatch  # the alerts domain; no Dagster import until an instance exists
 
     replaying = settings.thermal.replay_csv is not None
     live = None if replaying else LiveSources()
     replay = replay_source(settings.thermal.replay_csv, 0) if replaying else None
     state = WatchState()
     ticks = 0
+    current = {"settings": settings}
+    watch_stop = threading.Event()
+    watcher = DagsterWatch(lambda: current["settings"], log=log) if watch_dagster else None
+
+    def check_every() -> float:
+        return dagster_check_s if dagster_check_s is not None else current["settings"].alerts.guard_check_interval_s
+
+    watch_thread = watcher.start(watch_stop, check_every) if watcher else None
     try:
         while not stop.is_set():
             started = time.monotonic()
             settings_problem = None
             if reload is not None:
                 settings, settings_problem = reload()
+                current["settings"] = settings
             thermal = settings.thermal
             interval = interval_s if interval_s is not None else thermal.guard_interval_s
             sources, skipped = live.current() if live else ([], [])
@@ -702,6 +584,11 @@ def run_guard(
                 break
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
     finally:
+        watch_stop.set()
+        if watch_thread is not None:
+            watch_thread.join(timeout=10)  # a hung instance read is a daemon thread: it does not hold the exit
+            if not watch_thread.is_alive():
+                watcher.close()
         if live:
             live.close()
         webhooks.flush(timeout_s=10)

@@ -17,10 +17,18 @@ at a fixed interval (so any deviation is the client's or the loop's doing):
                  the server's, not the client's (a client that falls behind reads events in
                  bunches: ITL p50 collapses towards 0 and the tail grows).
 
+One process against the bench pool (idp_ops.validation.bench_pool), side by side at
+128/256/512 streams against the same server: client CPU (cores, and the busiest process's
+share of its core), ITL p50/p95 as the client measured it and as the server produced it
+(the server reports the gaps it left between the events it wrote), and the client's added
+ITL in %: the issue's bar is under 5 % at 512 streams.
+
 Usage:
   python benchmarks/bench_accuracy.py                       # deploys a private CPU stack, tears it down
   python benchmarks/bench_accuracy.py --url http://127.0.0.1:18001 --protocol llamacpp --key-file K
+  python benchmarks/bench_accuracy.py --skip-accuracy        # the local-server parts only (no docker)
   options: --decode-runs N --decode-tokens N --ttft-runs N --levels 1,8,32,... --interval-ms 20 --json
+           --pool-levels 128,256,512 --pool-workers N --skip-pool --skip-capacity
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -104,59 +111,34 @@ def accuracy(url, protocol, model, key, *, decode_runs, decode_tokens, ttft_runs
 # -- part B: a fixed-rate local SSE server in another process -------------------
 
 
-def _serve(port_queue, interval_s: float) -> None:
-    """llama.cpp-native SSE: n_predict content events at a fixed interval, then a stop event."""
+def _added_itl(samples, nonce: str, stats: dict) -> dict:
+    """The client's ITL against the gaps the server actually left between the same events.
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            request_line = head.split(b"\r\n", 1)[0]
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            body = json.loads(await reader.readexactly(length)) if length else {}
-            if request_line.startswith(b"GET /health"):
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
-                )
-                await writer.drain()
-                return
-            n = int(body.get("n_predict") or 16)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            event = b'data: {"content":"x","stop":false}\n\n'
-            for i in range(n):
-                # a fixed schedule: the i-th token is due at start + i*interval, whatever the drift
-                delay = start + i * interval_s - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                writer.write(event)
-            final = {
-                "content": "",
-                "stop": True,
-                "tokens_predicted": n,
-                "tokens_evaluated": 8,
-                "timings": {"predicted_n": n, "prompt_ms": 0.0, "predicted_per_second": 1 / interval_s},
-            }
-            writer.write(b"data: " + json.dumps(final).encode() + b"\n\n")
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        server = await asyncio.start_server(handle, sock=sock, backlog=4096)
-        port_queue.put(sock.getsockname()[1])
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    Joined per stream (the server keys its gaps by prompt): what remains is the client's
+    doing, not the server's own lag on a busy machine. ``added_p50_pct``/``added_p95_pct``
+    compare the two distributions' quantiles; ``excess_ms`` is client gap - server gap, per gap.
+    """
+    client, server = [], []
+    for sample in samples:
+        gaps = stats["streams"].get(make_prompt(nonce, sample.index))
+        if sample.ok and gaps and len(gaps) == len(sample.itl_ms):
+            client += sample.itl_ms
+            server += gaps
+    c, s = percentiles(client), percentiles(server)
+    if not c.get("n") or not s.get("n"):
+        return {"joined_gaps": 0}
+    added = {q: round((c[q] - s[q]) / s[q] * 100, 2) if s[q] else None for q in ("p50", "p95", "mean")}
+    return {
+        "joined_gaps": len(client),
+        "client_itl_ms": c,
+        "server_itl_ms": s,
+        "added_p50_pct": added["p50"],
+        "added_p95_pct": added["p95"],
+        "added_mean_pct": added["mean"],
+        "excess_ms": percentiles(a - b for a, b in zip(client, server, strict=True)),
+        # the issue's bar: the client adds under 5 % to the ITL it reports
+        "under_5_pct": added["p95"] is not None and abs(added["p50"]) < 5 and added["p95"] < 5,
+    }
 
 
 async def _level(url: str, concurrency: int, tokens: int) -> dict:
@@ -173,32 +155,34 @@ async def _level(url: str, concurrency: int, tokens: int) -> dict:
             ]
         )
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return {"samples": samples, "cpu_s": cpu, "wall_s": wall}
+    return {"samples": samples, "cpu_s": cpu, "wall_s": wall, "nonce": nonce}
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process, from /proc (Linux; no psutil needed)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def capacity(levels: list[int], interval_ms: float, tokens: int) -> dict:
-    import psutil
+    from idp_ops_harness.token_stream_server import TokenStreamServer
 
-    context = multiprocessing.get_context("spawn")
-    ports = context.Queue()
-    server = context.Process(target=_serve, args=(ports, interval_ms / 1000), daemon=True)
-    server.start()
-    try:
-        url = f"http://127.0.0.1:{ports.get(timeout=30)}"
-        server_proc = psutil.Process(server.pid)
+    with TokenStreamServer(interval_ms) as server:
+        url = server.url
         rows = []
         asyncio.run(_level(url, 1, 4))  # warm imports and the loop
+        server.stats(reset=True)
         for concurrency in levels:
-            before = server_proc.cpu_times()
+            before = _process_cpu_s(server.pid)
             result = asyncio.run(_level(url, concurrency, tokens))
-            after = server_proc.cpu_times()
+            after = _process_cpu_s(server.pid)
             samples = result["samples"]
             ok = [s for s in samples if s.ok]
             itl = percentiles(g for s in ok for g in s.itl_ms)
             ttft = percentiles(s.ttft_ms for s in ok)
             events = sum(len(s.itl_ms) + 1 for s in ok)
             client_cpu = result["cpu_s"] / result["wall_s"]
-            server_cpu = (after.user + after.system - before.user - before.system) / result["wall_s"]
+            server_cpu = (after - before) / result["wall_s"]
             sustained = (
                 len(ok) == concurrency
                 and client_cpu < CPU_LIMIT
@@ -216,28 +200,79 @@ def capacity(levels: list[int], interval_ms: float, tokens: int) -> dict:
                     "events_per_s": round(events / result["wall_s"], 1),
                     "ttft_ms": ttft,
                     "itl_ms": itl,
+                    "vs_server": _added_itl(ok, result["nonce"], server.stats(reset=True)),
                     "sustained": sustained,
                 }
             )
-        sustained_levels = [r["concurrency"] for r in rows if r["sustained"]]
-        # the largest level before the first failure: a later lucky pass does not count
-        largest = None
-        for row in rows:
-            if not row["sustained"]:
-                break
-            largest = row["concurrency"]
-        return {
-            "interval_ms": interval_ms,
-            "tokens_per_stream": tokens,
-            "rows": rows,
-            "client_floor_ttft_ms": rows[0]["ttft_ms"] if rows and rows[0]["concurrency"] == 1 else None,
-            "largest_sustained_concurrency": largest,
-            "sustained_levels": sustained_levels,
-            "cpus": os.cpu_count(),
-        }
-    finally:
-        server.terminate()
-        server.join(5)
+    sustained_levels = [r["concurrency"] for r in rows if r["sustained"]]
+    # the largest level before the first failure: a later lucky pass does not count
+    largest = None
+    for row in rows:
+        if not row["sustained"]:
+            break
+        largest = row["concurrency"]
+    return {
+        "interval_ms": interval_ms,
+        "tokens_per_stream": tokens,
+        "rows": rows,
+        "client_floor_ttft_ms": rows[0]["ttft_ms"] if rows and rows[0]["concurrency"] == 1 else None,
+        "largest_sustained_concurrency": largest,
+        "sustained_levels": sustained_levels,
+        "cpus": os.cpu_count(),
+    }
+
+
+def pool_compare(levels: list[int], interval_ms: float, tokens: int, workers: int) -> dict:
+    """One process against the bench pool, side by side at each level, against the same server."""
+    from idp_ops.validation.bench_pool import pool_workers, run_pool_scenario
+    from idp_ops_harness.token_stream_server import TokenStreamServer
+
+    rows = []
+    with TokenStreamServer(interval_ms) as server:
+        asyncio.run(_level(server.url, 1, 4))
+        server.stats(reset=True)
+        for concurrency in levels:
+            # default: what run_benchmark's sweep would use, but pooled at every level compared
+            n = workers or pool_workers(concurrency, threshold=1)
+            for mode in ("single", "pool"):
+                before = _process_cpu_s(server.pid)
+                if mode == "single":
+                    result = asyncio.run(_level(server.url, concurrency, tokens))
+                    samples, nonce, wall = result["samples"], result["nonce"], result["wall_s"]
+                    cpu_s, busiest, used = result["cpu_s"], result["cpu_s"] / result["wall_s"], 1
+                else:
+                    nonce = os.urandom(4).hex()
+                    run = run_pool_scenario(
+                        server.url,
+                        "llamacpp",
+                        "m",
+                        None,
+                        name=f"pool_c{concurrency}",
+                        count=concurrency,
+                        concurrency=concurrency,
+                        max_tokens=tokens,
+                        nonce=nonce,
+                        workers=n,
+                    )
+                    samples, wall = run.result.samples, run.wall_s
+                    cpu_s, busiest, used = run.client_cpu_s, run.busiest_worker_cpu_share, run.workers
+                after = _process_cpu_s(server.pid)
+                ok = [s for s in samples if s.ok]
+                rows.append(
+                    {
+                        "concurrency": concurrency,
+                        "mode": mode,
+                        "processes": used,
+                        "ok": len(ok),
+                        "wall_s": round(wall, 3),
+                        "client_cpu_cores": round(cpu_s / wall, 3),
+                        "busiest_process_cpu_share": round(busiest, 3),
+                        "server_cpu_share": round((after - before) / wall, 3),
+                        "ttft_ms": percentiles(s.ttft_ms for s in ok),
+                        "vs_server": _added_itl(ok, nonce, server.stats(reset=True)),
+                    }
+                )
+    return {"interval_ms": interval_ms, "tokens_per_stream": tokens, "rows": rows, "cpus": os.cpu_count()}
 
 
 # -- the stack -----------------------------------------------------------------
@@ -309,6 +344,10 @@ def main() -> int:
     )
     parser.add_argument("--stream-tokens", type=int, default=100)
     parser.add_argument("--skip-capacity", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true", help="no llama-server: the local-server parts only")
+    parser.add_argument("--pool-levels", default="128,256,512", help="one process vs the bench pool at these levels")
+    parser.add_argument("--pool-workers", type=int, default=0, help="pool processes (0: one per 64 streams, <= CPUs)")
+    parser.add_argument("--skip-pool", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -317,10 +356,12 @@ def main() -> int:
 
     from idp_ops.stack.secrets import read_key
 
-    results: dict = {"accuracy": [], "capacity": None}
+    results: dict = {"accuracy": [], "capacity": None, "pool": None}
     settings = None
     try:
-        if args.url:
+        if args.skip_accuracy:
+            targets = []
+        elif args.url:
             if not args.protocol:
                 parser.error("--url needs --protocol")
             key = read_key(Path(args.key_file)) if args.key_file else None
@@ -355,6 +396,10 @@ def main() -> int:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
         log(f"client capacity against a local {args.interval_ms:g} ms/token SSE server: concurrency {levels}")
         results["capacity"] = capacity(levels, args.interval_ms, args.stream_tokens)
+    if not args.skip_pool:
+        levels = [int(x) for x in args.pool_levels.split(",") if x.strip()]
+        log(f"one process vs the bench pool at {levels} streams, {args.interval_ms:g} ms/token")
+        results["pool"] = pool_compare(levels, args.interval_ms, args.stream_tokens, args.pool_workers)
 
     if args.json:
         print(json.dumps(results, indent=2, default=str))
@@ -395,7 +440,42 @@ def main() -> int:
             f"  largest concurrency with client CPU < {CPU_LIMIT:.0%} of a core, ITL p50 within ±{ITL_TOLERANCE:.0%} "
             f"and ITL p95 within {ITL_P95_FACTOR:g}× of {c['interval_ms']:g} ms: {c['largest_sustained_concurrency']}"
         )
+        print(
+            "  against the server's own gaps (same events):  conc  client p50/p95  server p50/p95  added p50 %  p95 %"
+        )
+        for row in c["rows"]:
+            _print_vs(f"  {'':<45}{row['concurrency']:>4}", row["vs_server"])
+    p = results["pool"]
+    if p:
+        print(
+            f"\none process vs the bench pool: {p['tokens_per_stream']} tokens/stream at {p['interval_ms']:g} ms/token, "
+            f"{p['cpus']} CPUs shared with the server"
+        )
+        print(
+            "  conc  mode    procs  ok  client CPU (cores)  busiest proc  server CPU  TTFT p50"
+            "  client ITL p50/p95  server ITL p50/p95  added p50 %  p95 %  <5 %"
+        )
+        for row in p["rows"]:
+            _print_vs(
+                f"  {row['concurrency']:>4}  {row['mode']:<6} {row['processes']:>5} {row['ok']:>4}"
+                f"  {row['client_cpu_cores']:>18.2f}  {row['busiest_process_cpu_share'] * 100:>11.0f}%"
+                f"  {row['server_cpu_share'] * 100:>9.0f}%  {row['ttft_ms'].get('p50', float('nan')):>8.2f}",
+                row["vs_server"],
+                verdict=True,
+            )
     return 0
+
+
+def _print_vs(prefix: str, vs: dict, *, verdict: bool = False) -> None:
+    if not vs.get("joined_gaps"):
+        print(f"{prefix}  (no gaps joined with the server's)")
+        return
+    c, s = vs["client_itl_ms"], vs["server_itl_ms"]
+    tail = f"  {'yes' if vs['under_5_pct'] else 'NO':>4}" if verdict else ""
+    print(
+        f"{prefix}  {c['p50']:>8.2f}/{c['p95']:<8.2f}  {s['p50']:>8.2f}/{s['p95']:<8.2f}"
+        f"  {vs['added_p50_pct']:>+10.2f}  {vs['added_p95_pct']:>+6.2f}{tail}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,14 @@ class AcceptanceCriteria(_Strict):
     success_rate_min: float = Field(0.95, ge=0, le=1)
     concurrency: int = Field(32, ge=1)
     gpu_utilization_min_pct: float | None = None
+    # Goodput: a request counts when its TTFT <= slo_ttft_ms and its own ITL p95 <= slo_itl_ms
+    # (None: that SLO is not applied; both None: goodput is not judged). Judged at every sweep
+    # level up to `concurrency`: the share that met both must be >= goodput_min.
+    slo_ttft_ms: float | None = Field(None, gt=0)
+    slo_itl_ms: float | None = Field(None, gt=0)
+    goodput_min: float = Field(0.9, ge=0, le=1)
+    # Prefix cache works when the warm TTFT p50 is at most this fraction of the cold p50.
+    prefix_cache_ttft_ratio_max: float = Field(0.5, gt=0, le=1)
 
 
 class Endpoint(_Strict):
@@ -136,6 +144,43 @@ class ValidationSettings(_Strict):
     load_wait_scale: float = Field(1.0, ge=0)
     # GPU utilization is sampled through NVML while the benchmark runs.
     gpu_sample_interval_s: float = Field(1.0, gt=0)
+    # The no-OOM watch looks at every endpoint's container this often during the load test.
+    oom_interval_s: float = Field(5.0, gt=0)
+    # Sweep levels above client_pool_threshold streams fan out over worker processes, so the
+    # client's own CPU never paces the streams (0 workers: one process per 64 streams, at most
+    # the CPU count; see idp_ops/validation/bench_pool.py).
+    client_pool_threshold: int = Field(128, ge=1)
+    client_pool_workers: int = Field(0, ge=0)
+    # Sweep arrivals: closed (all released, at most c in flight), constant or poisson at
+    # arrival_rate req/s (still capped at c in flight). poisson_rate alone means poisson.
+    arrival: Literal["closed", "constant", "poisson"] = "closed"
+    arrival_rate: float | None = Field(None, gt=0)
+    # Context depth: prompts of exactly these many tokens (capped by the served context),
+    # each measured depth_requests times with depth_max_tokens of output.
+    depths: list[int] = [128, 1024, 4096, 16384]
+    depth_requests: int = Field(1, ge=1)
+    depth_max_tokens: int = Field(32, ge=2)
+    # Prefix cache: prefix_rounds shared system prompts of prefix_tokens tokens; each round sends
+    # one cold request (a new prefix) and prefix_warm_requests warm ones (same prefix, new question).
+    prefix_tokens: int = Field(1536, ge=16)
+    prefix_rounds: int = Field(3, ge=1)
+    prefix_warm_requests: int = Field(4, ge=1)
+    prefix_max_tokens: int = Field(8, ge=1)
+    # The server's /metrics is scraped this often while the workloads run (0: not scraped).
+    metrics_interval_s: float = Field(1.0, ge=0)
+
+    @field_validator("depths")
+    @classmethod
+    def _positive_depths(cls, value: list[int]) -> list[int]:
+        if any(d < 8 for d in value):
+            raise ValueError(f"depths must be >= 8 tokens, got {value}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _arrival_has_rate(self) -> ValidationSettings:
+        if self.arrival != "closed" and not (self.arrival_rate or self.poisson_rate):
+            raise ValueError(f"arrival {self.arrival!r} needs arrival_rate (requests/s)")
+        return self
 
 
 class BackupSettings(_Strict):
@@ -273,8 +318,17 @@ HARDWARE_PROFILES: dict[str, HardwareProfile] = {
 # ceiling of ~80-130 tok/s; llama-server decodes 40-45 tok/s on an idle 2-core VM
 # and ~15 when the box is busy. Prompt processing on one thread makes TTFT ~110-130 ms.
 # The thresholds leave room for a busy box and still fail a broken or throttled one.
+# Goodput: with 4 slots, 8 concurrent streams queue half of them behind a whole answer (TTFT p50
+# ~4.3 s, ITL p95 ~67 ms measured idle); the SLOs leave room for a busy box.
 CPU_PROFILE_ACCEPTANCE = AcceptanceCriteria(
-    ttft_p50_ms=500, ttft_p95_ms=1500, decode_tok_s_min=10, success_rate_min=0.95, concurrency=8
+    ttft_p50_ms=500,
+    ttft_p95_ms=1500,
+    decode_tok_s_min=10,
+    success_rate_min=0.95,
+    concurrency=8,
+    slo_ttft_ms=15_000,
+    slo_itl_ms=250,
+    goodput_min=0.9,
 )
 
 

@@ -10,6 +10,8 @@ ASSETS = {
     "stack_deployment",  # deploy
     "benchmark_results",
     "load_test_results",  # nightly validation
+    "context_depth_results",
+    "prefix_cache_results",
     "model_downloads",
     "model_files",
     "model_manifest",
@@ -28,7 +30,11 @@ CHECKS = {
     ("benchmark_results", "success_at_concurrency"),
     ("benchmark_results", "auth_enforced"),
     ("benchmark_results", "gpu_utilization"),
+    ("benchmark_results", "goodput"),
+    ("context_depth_results", "context_depth_measured"),
+    ("prefix_cache_results", "prefix_cache_works"),
     ("load_test_results", "no_failed_requests"),
+    ("load_test_results", "no_oom"),
     ("model_files", "no_findings"),
     ("model_backup", "backup_verified"),
     ("model_backup", "scrub_clean"),
@@ -92,7 +98,12 @@ def test_jobs_select_their_domains():
         return {k.to_user_string() for k in defs.resolve_job_def(job_name).asset_layer.executable_asset_keys}
 
     assert keys("deploy_job") == {"api_keys", "compose_audit", "stack_deployment"}
-    assert keys("nightly_validation_job") == {"benchmark_results", "load_test_results"}
+    assert keys("nightly_validation_job") == {
+        "benchmark_results",
+        "context_depth_results",
+        "prefix_cache_results",
+        "load_test_results",
+    }
     assert keys("weekly_backup_job") == {"model_manifest", "model_backup"}
     assert "model_files" in keys("reports_job") and "model_downloads" not in keys("reports_job")
 

@@ -235,6 +235,111 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             ),
         ],
     ),
+    (
+        3,
+        [
+            # Validation workloads (validation/workloads.py, goodput.py, server_metrics.py).
+            # Context depth: one row per request; depth is the exact prompt length sent (the
+            # server's tokenizer), requested_depth what the settings asked before the context cap.
+            """CREATE TABLE depth_samples (
+                night DATE NOT NULL,
+                endpoint VARCHAR NOT NULL,
+                depth INTEGER NOT NULL,
+                idx INTEGER NOT NULL,
+                requested_depth INTEGER,
+                started_at TIMESTAMPTZ,
+                prompt_tokens INTEGER,
+                ttft_ms DOUBLE,
+                prefill_tok_s DOUBLE,
+                decode_tok_s DOUBLE,
+                output_tokens INTEGER,
+                server_prompt_tokens INTEGER,
+                server_prompt_ms DOUBLE,
+                server_prefill_tok_s DOUBLE,
+                server_decode_tok_s DOUBLE,
+                server_cached_tokens INTEGER,
+                ceiling_tok_s DOUBLE,
+                kv_bytes_per_token DOUBLE,
+                error VARCHAR,
+                PRIMARY KEY (night, endpoint, depth, idx)
+            )""",
+            # Prefix cache: every request of every round; kind is cold (a new prefix) or warm.
+            """CREATE TABLE prefix_cache_samples (
+                night DATE NOT NULL,
+                endpoint VARCHAR NOT NULL,
+                round INTEGER NOT NULL,
+                idx INTEGER NOT NULL,
+                kind VARCHAR NOT NULL,
+                started_at TIMESTAMPTZ,
+                prefix_tokens INTEGER,
+                prompt_tokens INTEGER,
+                cached_tokens INTEGER,
+                ttft_ms DOUBLE,
+                error VARCHAR,
+                PRIMARY KEY (night, endpoint, round, idx)
+            )""",
+            # Goodput per sweep level: requests that met both per-request SLOs.
+            """CREATE TABLE goodput (
+                night DATE NOT NULL,
+                endpoint VARCHAR NOT NULL,
+                concurrency INTEGER NOT NULL,
+                arrival VARCHAR NOT NULL,
+                arrival_rate DOUBLE,
+                requests INTEGER NOT NULL,
+                met INTEGER NOT NULL,
+                share DOUBLE,
+                slo_ttft_ms DOUBLE,
+                slo_itl_ms DOUBLE,
+                goodput_tok_s DOUBLE,
+                PRIMARY KEY (night, endpoint, concurrency)
+            )""",
+            # The server's /metrics during a run, per Dagster run (or CLI run id) and phase.
+            """CREATE TABLE server_metrics (
+                run_id VARCHAR NOT NULL,
+                night DATE,
+                endpoint VARCHAR NOT NULL,
+                phase VARCHAR NOT NULL,
+                ts TIMESTAMPTZ NOT NULL,
+                metric VARCHAR NOT NULL,
+                value DOUBLE
+            )""",
+            # One row per run, endpoint and phase: "not exposed" is recorded, not an error.
+            """CREATE TABLE server_metric_runs (
+                run_id VARCHAR NOT NULL,
+                night DATE,
+                endpoint VARCHAR NOT NULL,
+                phase VARCHAR NOT NULL,
+                recorded_at TIMESTAMPTZ NOT NULL,
+                status VARCHAR NOT NULL,
+                detail VARCHAR,
+                scrapes INTEGER NOT NULL,
+                summary VARCHAR,
+                PRIMARY KEY (run_id, endpoint, phase)
+            )""",
+        ],
+    ),
+    (
+        4,
+        [
+            # The no-OOM watch around each night's load test, one row per endpoint: status
+            # passed / failed / not judged, and what was seen (JSON list of {container,
+            # service, kind, detail}; kind: oom_killed, oom_event, restarted, exited, log,
+            # cgroup_oom_kill).
+            """CREATE TABLE oom_watch (
+                night DATE NOT NULL,
+                endpoint VARCHAR NOT NULL,
+                service VARCHAR,
+                project VARCHAR NOT NULL,
+                started_at TIMESTAMPTZ NOT NULL,
+                finished_at TIMESTAMPTZ NOT NULL,
+                polls INTEGER NOT NULL,
+                status VARCHAR NOT NULL,
+                message VARCHAR NOT NULL,
+                findings VARCHAR NOT NULL,
+                PRIMARY KEY (night, endpoint)
+            )""",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

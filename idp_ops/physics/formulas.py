@@ -202,3 +202,49 @@ def weight_bytes_per_token(tensor_bytes: int, token_embd_bytes: int | None, tied
     if tied_embeddings or not token_embd_bytes:
         return float(tensor_bytes)
     return float(tensor_bytes - token_embd_bytes)
+
+
+# -- context depth -----------------------------------------------------------
+
+
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_element: float = 2.0) -> float:
+    """KV-cache bytes per token of context: 2 (K and V) x layers x KV heads x head dim x element bytes."""
+    return (
+        2
+        * _positive("layers", n_layers)
+        * _positive("KV heads", n_kv_heads)
+        * _positive("head dim", head_dim)
+        * _positive("bytes per element", bytes_per_element)
+    )
+
+
+def decode_ceiling_at_depth(
+    weight_bytes: float, bandwidth_bps: float, depth: int, kv_bytes_per_token: float, *, efficiency: float = 1.0
+) -> float:
+    """Single-stream decode tok/s with ``depth`` tokens of context: every step reads the
+    weights and the KV cache built so far, bandwidth / (weight bytes + depth x KV bytes/token)."""
+    if depth < 0:
+        raise PhysicsError(f"depth must be >= 0, got {depth}")
+    if kv_bytes_per_token < 0:
+        raise PhysicsError(f"KV bytes per token must be >= 0, got {kv_bytes_per_token}")
+    return single_stream_ceiling(
+        weight_bytes, bandwidth_bps, efficiency=efficiency, kv_bytes_per_token=kv_bytes_per_token, context=depth
+    )
+
+
+def kv_read_tokens(depth: int, sliding_window: int | None) -> int:
+    """Tokens of KV a decode step must at least read at ``depth``.
+
+    A model with sliding-window layers reads at most ``sliding_window`` tokens in those
+    layers, and the header does not say how many layers slide: the smallest read (all
+    of them sliding) keeps the ceiling an upper bound.
+    """
+    return min(depth, sliding_window) if sliding_window else depth
+
+
+def min_step_ms(ceiling_tok_s: float) -> float:
+    """The shortest possible decode step (one forward pass reading every weight), in ms.
+
+    No token, first or later, can come faster: an ITL or TTFT target below it is unattainable.
+    """
+    return 1000.0 / _positive("ceiling tok/s", ceiling_tok_s)

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import secrets
-import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,13 +41,36 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from idp_ops.errors import IdpOpsError
+from idp_ops.validation.arrivals import ARRIVALS, arrival_gap_s
+from idp_ops.validation.arrivals import resolve_arrival as _resolve_arrival
+from idp_ops.validation.bench_stats import PERCENTILE_METRICS, percentiles, sample_percentiles, summary_lines
+from idp_ops.validation.bench_stats import median_or_none as _median
+
+# Statistics and the summary live in bench_stats.py; they stay importable from here.
+__all__ = [
+    "ARRIVALS",
+    "PERCENTILE_METRICS",
+    "BenchError",
+    "BenchReport",
+    "RequestSample",
+    "ScenarioResult",
+    "build_request",
+    "discover_model",
+    "make_prompt",
+    "percentiles",
+    "resolve_arrival",
+    "run_benchmark",
+    "run_benchmark_sync",
+    "sample_percentiles",
+    "stream_request",
+    "summary_lines",
+    "wait_ready",
+]
 
 Progress = Callable[[str], None]
 
 # llama-server answers 503 while it loads the model; proxies in front answer 502/504.
 NOT_READY_STATUSES = frozenset({502, 503, 504})
-PERCENTILE_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
-_QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0))
 
 # Different subjects so prompts differ in their text, not only in the nonce.
 _SUBJECTS = (
@@ -100,6 +121,10 @@ class RequestSample:
     # Prompt tokens the server served from its cache (llama.cpp timings.cache_n, vLLM
     # usage.prompt_tokens_details.cached_tokens): 0 proves TTFT paid for the whole prompt.
     server_cached_tokens: int | None = None
+    # llama.cpp's timings.prompt_n (prompt tokens it evaluated, cached ones excluded) and
+    # prompt_per_second: the server's own prefill figures beside our TTFT.
+    server_prompt_tokens: int | None = None
+    server_prompt_tok_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -137,6 +162,10 @@ class ScenarioResult:
     errors_by_kind: dict[str, int]
     requests: int = 0
     poisson_rate: float | None = None
+    # How requests arrived: closed (all released at once, at most `concurrency` in flight),
+    # constant or poisson at arrival_rate req/s (still capped at `concurrency`).
+    arrival: str = "closed"
+    arrival_rate: float | None = None
 
     @classmethod
     def from_samples(
@@ -146,6 +175,9 @@ class ScenarioResult:
         samples: list[RequestSample],
         wall_s: float,
         poisson_rate: float | None = None,
+        *,
+        arrival: str = "closed",
+        arrival_rate: float | None = None,
     ) -> ScenarioResult:
         good = [s for s in samples if s.ok]
         errors: dict[str, int] = {}
@@ -164,6 +196,8 @@ class ScenarioResult:
             errors_by_kind=dict(sorted(errors.items())),
             requests=len(samples),
             poisson_rate=poisson_rate,
+            arrival=arrival,
+            arrival_rate=arrival_rate,
         )
 
     def to_dict(self, *, with_samples: bool = True) -> dict:
@@ -228,45 +262,6 @@ class BenchReport:
         }
 
 
-# -- statistics --------------------------------------------------------------
-
-
-def percentiles(values: Iterable[float]) -> dict[str, float]:
-    """p50/p90/p95/p99, mean and n of raw samples.
-
-    Linear interpolation between closest ranks (numpy's default "linear" method,
-    Hyndman & Fan type 7): p = v[(n-1)·q] interpolated. Empty input gives ``{"n": 0}``.
-    """
-    data = sorted(float(v) for v in values if v is not None and not math.isnan(v))
-    if not data:
-        return {"n": 0}
-    result: dict[str, float] = {}
-    last = len(data) - 1
-    for name, q in _QUANTILES:
-        position = last * q / 100
-        low = math.floor(position)
-        high = min(low + 1, last)
-        result[name] = round(data[low] + (data[high] - data[low]) * (position - low), 3)
-    result["mean"] = round(statistics.fmean(data), 3)
-    result["n"] = len(data)
-    return result
-
-
-def sample_percentiles(samples: Sequence[RequestSample]) -> dict[str, dict[str, float]]:
-    return {
-        "ttft_ms": percentiles(s.ttft_ms for s in samples if s.ttft_ms is not None),
-        # Every gap of every stream: a stall in one request shows in the tail.
-        "itl_ms": percentiles(gap for s in samples for gap in s.itl_ms),
-        "tpot_ms": percentiles(s.tpot_ms for s in samples if s.tpot_ms is not None),
-        "e2e_ms": percentiles(s.e2e_ms for s in samples if s.e2e_ms is not None),
-    }
-
-
-def _median(values: Iterable[float | None]) -> float | None:
-    data = [v for v in values if v is not None]
-    return round(statistics.median(data), 3) if data else None
-
-
 # -- requests ----------------------------------------------------------------
 
 
@@ -277,8 +272,14 @@ def make_prompt(nonce: str, index: int, words: int = 0) -> str:
     return f"Request {nonce}-{index}. {padding} Write a short explanation of {subject}:".replace("  ", " ")
 
 
-def build_request(protocol: str, model: str, prompt: str, max_tokens: int) -> tuple[str, dict]:
-    """Path and JSON body of one streamed, fixed-length completion."""
+def build_request(
+    protocol: str, model: str, prompt: str | list[int], max_tokens: int, *, cache_prompt: bool = False
+) -> tuple[str, dict]:
+    """Path and JSON body of one streamed, fixed-length completion.
+
+    ``cache_prompt`` True lets llama-server reuse a cached prefix (the prefix-cache workload);
+    every other measurement pays for its whole prompt.
+    """
     if protocol == "openai":
         return "/v1/completions", {
             "model": model,
@@ -291,7 +292,7 @@ def build_request(protocol: str, model: str, prompt: str, max_tokens: int) -> tu
             "stream": True,
             "stream_options": {"include_usage": True},
             # llama-server reads this on its OpenAI routes too; vLLM ignores unknown fields.
-            "cache_prompt": False,
+            "cache_prompt": cache_prompt,
         }
     if protocol == "llamacpp":
         return "/completion", {
@@ -300,7 +301,7 @@ def build_request(protocol: str, model: str, prompt: str, max_tokens: int) -> tu
             "ignore_eos": True,
             "temperature": 0,
             "stream": True,
-            "cache_prompt": False,
+            "cache_prompt": cache_prompt,
         }
     raise BenchError(f"unknown protocol {protocol!r}: use 'openai' or 'llamacpp'")
 
@@ -327,6 +328,8 @@ class _StreamState:
         self.server_decode_tok_s: float | None = None
         self.server_prompt_ms: float | None = None
         self.server_cached_tokens: int | None = None
+        self.server_prompt_tokens: int | None = None
+        self.server_prompt_tok_s: float | None = None
         self.finished = False
 
     def content(self, at_ms: float) -> None:
@@ -345,6 +348,10 @@ class _StreamState:
             self.server_prompt_ms = float(timings["prompt_ms"])
         if isinstance(timings.get("cache_n"), int):
             self.server_cached_tokens = timings["cache_n"]
+        if isinstance(timings.get("prompt_n"), int):
+            self.server_prompt_tokens = timings["prompt_n"]
+        if isinstance(timings.get("prompt_per_second"), (int, float)):
+            self.server_prompt_tok_s = float(timings["prompt_per_second"])
         if self.output_tokens is None and isinstance(timings.get("predicted_n"), int):
             self.output_tokens = timings["predicted_n"]
         if self.prompt_tokens is None and isinstance(timings.get("prompt_n"), int):
@@ -424,16 +431,17 @@ async def stream_request(
     protocol: str,
     model: str,
     key: str | None,
-    prompt: str,
+    prompt: str | list[int],
     max_tokens: int,
     *,
     index: int = 0,
     scenario: str = "",
     concurrency: int = 1,
     timeout_s: float = 120,
+    cache_prompt: bool = False,
 ) -> RequestSample:
     """One streamed completion, measured. Never raises for a server's fault: the sample says what went wrong."""
-    path, payload = build_request(protocol, model, prompt, max_tokens)
+    path, payload = build_request(protocol, model, prompt, max_tokens, cache_prompt=cache_prompt)
     headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -496,6 +504,8 @@ async def stream_request(
     sample.server_decode_tok_s = state.server_decode_tok_s
     sample.server_prompt_ms = state.server_prompt_ms
     sample.server_cached_tokens = state.server_cached_tokens
+    sample.server_prompt_tokens = state.server_prompt_tokens
+    sample.server_prompt_tok_s = state.server_prompt_tok_s
     sample.itl_ms = state.itl_ms
     if state.first_ms is not None:
         sample.ttft_ms = round(state.first_ms, 3)
@@ -551,8 +561,11 @@ async def _scenario(
     first_index: int,
     poisson_rate: float | None = None,
     rng: random.Random | None = None,
+    arrival: str = "closed",
+    arrival_rate: float | None = None,
 ) -> ScenarioResult:
-    """``count`` requests, at most ``concurrency`` in flight; arrivals all at once or Poisson."""
+    """``count`` requests, at most ``concurrency`` in flight; arrivals all at once, constant or Poisson."""
+    arrival, arrival_rate = resolve_arrival(arrival, arrival_rate, poisson_rate)
     limit = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> RequestSample:
@@ -562,11 +575,31 @@ async def _scenario(
     start = time.perf_counter()
     tasks = []
     for i in range(count):
-        if poisson_rate and i:
-            await asyncio.sleep((rng or random).expovariate(poisson_rate))
+        if i:
+            gap = arrival_gap_s(arrival, arrival_rate, rng or random)
+            if gap:
+                await asyncio.sleep(gap)
         tasks.append(asyncio.create_task(one(i)))
     samples = list(await asyncio.gather(*tasks))
-    return ScenarioResult.from_samples(name, concurrency, samples, time.perf_counter() - start, poisson_rate)
+    return ScenarioResult.from_samples(
+        name,
+        concurrency,
+        samples,
+        time.perf_counter() - start,
+        poisson_rate,
+        arrival=arrival,
+        arrival_rate=arrival_rate,
+    )
+
+
+def resolve_arrival(
+    arrival: str | None, arrival_rate: float | None, poisson_rate: float | None = None
+) -> tuple[str, float | None]:
+    """The arrival pattern and its rate (arrivals.py); a bad pair is a BenchError."""
+    try:
+        return _resolve_arrival(arrival, arrival_rate, poisson_rate)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _problems(report_scenarios: list[ScenarioResult], decode_tokens: int, timeout_s: float) -> list[str]:
@@ -629,14 +662,19 @@ async def run_benchmark(
     progress: Progress | None = None,
     endpoint: str | None = None,
     seed: int | None = None,
+    arrival: str | None = None,
+    arrival_rate: float | None = None,
+    pool_threshold: int | None = None,
+    pool_workers: int = 0,
 ) -> BenchReport:
     """Warm TTFT, single-stream decode and a concurrency sweep against one endpoint.
 
     * warm TTFT: ``warmups`` discarded requests, then ``ttft_requests`` short ones in sequence;
     * decode: ``decode_requests`` single streams of ``decode_tokens`` tokens, one at a time;
     * sweep: for each level c, ``sweep_rounds * c`` requests of ``sweep_tokens`` tokens with at
-      most c in flight; all released at once, or arriving as a Poisson process of
-      ``poisson_rate`` requests/s (vLLM's request-rate + max-concurrency semantics).
+      most c in flight; all released at once (``arrival`` "closed"), or arriving at a constant
+      rate or as a Poisson process of ``arrival_rate`` requests/s (vLLM's request-rate +
+      max-concurrency semantics); ``poisson_rate`` alone is Poisson at that rate.
 
     Raises :class:`BenchError` when nothing can be measured: the endpoint is not ready
     within ``ready_timeout_s``, or it rejects the key. Every other failure is a
@@ -647,6 +685,7 @@ async def run_benchmark(
     build_request(protocol, model, "", 1)  # validates the protocol before anything is sent
     if any(c < 1 for c in sweep):
         raise BenchError(f"sweep levels must be >= 1, got {list(sweep)}")
+    arrival, arrival_rate = resolve_arrival(arrival, arrival_rate, poisson_rate)
     if decode_tokens < 2 or ttft_max_tokens < 1 or sweep_tokens < 1:
         raise BenchError("decode_tokens must be >= 2 (decode rate needs two tokens), other lengths >= 1")
     started_at = datetime.now(UTC)
@@ -717,20 +756,50 @@ async def run_benchmark(
             "decode", count=decode_requests, concurrency=1, max_tokens=decode_tokens, send=send, first_index=index
         )
         index += decode_requests
+        from idp_ops.validation import bench_pool  # here: bench_pool imports this module
+
         sweep_results = []
         for level in sweep:
             count = sweep_rounds * level
             say(f"sweep: concurrency {level}, {count} requests of {sweep_tokens} tokens")
-            result = await _scenario(
-                f"sweep_c{level}",
-                count=count,
-                concurrency=level,
-                max_tokens=sweep_tokens,
-                send=send,
-                first_index=index,
-                poisson_rate=poisson_rate,
-                rng=rng,
+            # One process binds near 128-256 streams (benchmarks/bench_accuracy.py): above
+            # pool_threshold the level's streams are spread over worker processes.
+            workers = (
+                bench_pool.pool_workers(level, threshold=pool_threshold, workers=pool_workers) if pool_threshold else 1
             )
+            if workers > 1:
+                say(f"sweep: concurrency {level} over {workers} client processes")
+                result = await bench_pool.pooled_scenario(
+                    url,
+                    protocol,
+                    model,
+                    key,
+                    name=f"sweep_c{level}",
+                    count=count,
+                    concurrency=level,
+                    max_tokens=sweep_tokens,
+                    first_index=index,
+                    nonce=nonce,
+                    workers=workers,
+                    timeout_s=timeout_s,
+                    arrival=arrival or "closed",
+                    arrival_rate=arrival_rate,
+                    poisson_rate=poisson_rate,
+                    seed=seed,
+                )
+            else:
+                result = await _scenario(
+                    f"sweep_c{level}",
+                    count=count,
+                    concurrency=level,
+                    max_tokens=sweep_tokens,
+                    send=send,
+                    first_index=index,
+                    poisson_rate=poisson_rate,
+                    rng=rng,
+                    arrival=arrival,
+                    arrival_rate=arrival_rate,
+                )
             index += count
             sweep_results.append(result)
 
@@ -766,6 +835,10 @@ async def run_benchmark(
             "sweep_tokens": sweep_tokens,
             "sweep_rounds": sweep_rounds,
             "poisson_rate": poisson_rate,
+            "arrival": arrival,
+            "arrival_rate": arrival_rate,
+            "pool_threshold": pool_threshold,
+            "pool_workers": pool_workers,
             "timeout_s": timeout_s,
         },
     )
@@ -774,46 +847,6 @@ async def run_benchmark(
 def run_benchmark_sync(*args: Any, **kwargs: Any) -> BenchReport:
     """:func:`run_benchmark` for synchronous callers (CLI, Dagster assets). Not from inside a running loop."""
     return asyncio.run(run_benchmark(*args, **kwargs))
-
-
-def summary_lines(report: BenchReport) -> list[str]:
-    """A human summary: percentiles per scenario, decode rate, sweep table, problems."""
-    lines = [
-        f"{report.endpoint} ({report.protocol}, {report.url}, model {report.model}): "
-        f"{len(report.samples)} requests in {report.wall_s:.1f} s — {'OK' if report.ok else 'FAILED'}"
-    ]
-
-    def row(label: str, p: dict[str, float]) -> str:
-        if not p.get("n"):
-            return f"  {label:<8} (no samples)"
-        return (
-            f"  {label:<8} p50 {p['p50']:>9.1f}  p90 {p['p90']:>9.1f}  p95 {p['p95']:>9.1f}  "
-            f"p99 {p['p99']:>9.1f}  mean {p['mean']:>9.1f}  n {p['n']}"
-        )
-
-    for scenario in (report.warm_ttft, report.decode):
-        lines.append(f" {scenario.scenario} (ms):")
-        lines += [
-            row(metric.removesuffix("_ms").upper(), scenario.percentiles[metric]) for metric in PERCENTILE_METRICS
-        ]
-    server = f" (server says {report.server_decode_tok_s:.1f})" if report.server_decode_tok_s else ""
-    decode = f"{report.decode_tok_s:.1f}" if report.decode_tok_s else "n/a"
-    lines.append(f" single-stream decode: {decode} tok/s{server}")
-    if report.sweep:
-        lines.append(" sweep: conc  reqs  success  agg tok/s  TTFT p50  TTFT p95  TPOT p50   E2E p95")
-        for s in report.sweep:
-            p = s.percentiles
-
-            def get(metric: str, q: str, p: dict = p) -> str:
-                value = p[metric].get(q)
-                return f"{value:>8.1f}" if value is not None else f"{'-':>8}"
-
-            lines.append(
-                f"        {s.concurrency:>4}  {s.requests:>4}  {s.success_rate * 100:>6.1f}%  {s.aggregate_output_tok_s:>9.1f}"
-                f"  {get('ttft_ms', 'p50')}  {get('ttft_ms', 'p95')}  {get('tpot_ms', 'p50')}  {get('e2e_ms', 'p95')}"
-            )
-    lines += [f" PROBLEM: {p}" for p in report.problems]
-    return lines
 
 
 def discover_model(url: str, key: str | None, *, timeout_s: float = 10) -> str | None:

@@ -21,7 +21,15 @@ from idp_ops.physics.ceilings import EndpointCeiling
 from idp_ops.physics.formulas import criterion_status
 from idp_ops.settings import Endpoint
 
-CRITERIA = ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced", "gpu_utilization")
+CRITERIA = (
+    "ttft_p50",
+    "ttft_p95",
+    "decode_throughput",
+    "success_at_concurrency",
+    "auth_enforced",
+    "gpu_utilization",
+    "goodput",
+)
 
 
 @dataclass
@@ -204,7 +212,88 @@ def evaluate(
                 message=f"mean {gpu_utilization_pct}% during the benchmark",
             )
         )
+    from idp_ops.validation.goodput import evaluate_goodput  # goodput.py builds CriterionResults
+
+    results.append(evaluate_goodput(endpoint, report, ceiling=ceiling))
     return results
+
+
+def evaluate_prefix_cache(endpoint, report, *, configured: bool | None, why: str, ceiling) -> CriterionResult:
+    """``prefix_cache_works``: where the compose file turns caching on, warm TTFT p50 <= ratio x cold p50
+    and the server reports cached tokens. Physics: no TTFT beats one decode step (1000 / ceiling ms)."""
+    from idp_ops.physics.formulas import min_step_ms
+
+    ratio_max = endpoint.acceptance.prefix_cache_ttft_ratio_max
+    cold, warm = report.cold_ttft.get("p50"), report.warm_ttft.get("p50")
+    figures = (
+        f"warm TTFT p50 {warm:.1f} ms vs cold {cold:.1f} ms (ratio {report.ttft_ratio:.2f}, at most {ratio_max:g})"
+        if cold is not None and warm is not None
+        else "no successful cold and warm requests"
+    )
+    hits = (
+        f"server cache hit {report.warm_hit_rate:.0%} of warm prompt tokens"
+        if report.warm_hit_rate is not None
+        else "server reports no cached-token count"
+    )
+    base = dict(endpoint=endpoint.name, criterion="prefix_cache_works", unit="ratio", threshold=ratio_max)
+    if configured is False:
+        return CriterionResult(
+            **base,
+            status="not judged",
+            measured=report.ttft_ratio,
+            message=f"caching is off by configuration ({why}); {figures}",
+        )
+    if report.problems or report.ttft_ratio is None:
+        return CriterionResult(
+            **base, status="no data", measured=report.ttft_ratio, message="; ".join(report.problems) or figures
+        )
+    floor = min_step_ms(ceiling.tok_s) if ceiling else None
+    if floor is not None and ratio_max * cold < floor:
+        return CriterionResult(
+            **base,
+            status="unattainable",
+            measured=report.ttft_ratio,
+            ceiling=round(floor, 3),
+            message=f"{ratio_max:g} x cold TTFT ({ratio_max * cold:.1f} ms) is below one decode step ({floor:.1f} ms)",
+        )
+    cached = report.warm_hit_rate is None or report.warm_hit_rate > 0
+    ok = report.ttft_ratio <= ratio_max and cached
+    message = f"{figures}; {hits}; {why}"
+    if not cached:
+        message = f"the server served no warm prompt token from its cache: {message}"
+    return CriterionResult(
+        **base,
+        status="passed" if ok else "failed",
+        measured=report.ttft_ratio,
+        ceiling=round(floor, 3) if floor is not None else None,
+        message=message,
+    )
+
+
+def evaluate_depth(endpoint, report) -> CriterionResult:
+    """``context_depth_measured``: every depth measured at its exact token count, decode below its ceiling."""
+    base = dict(endpoint=endpoint.name, criterion="context_depth_measured", unit="tok/s", threshold=None)
+    points = report.points
+    deepest = points[-1] if points else None
+    rows = "; ".join(
+        f"{p.depth} tok: TTFT {p.ttft_ms or 0:.0f} ms, prefill {p.prefill_tok_s or 0:.0f} tok/s, decode "
+        f"{p.decode_tok_s or 0:.1f} tok/s" + (f" (ceiling {p.ceiling_tok_s:.1f})" if p.ceiling_tok_s else "")
+        for p in points
+    )
+    problems = report.problems + [q for p in points for q in p.problems]
+    if problems:
+        status = "no data" if not points else "failed"
+        return CriterionResult(**base, status=status, measured=None, message="; ".join(problems))
+    return CriterionResult(
+        **base,
+        status="passed",
+        measured=deepest.decode_tok_s,
+        ceiling=deepest.ceiling_tok_s,
+        efficiency=(deepest.decode_tok_s / deepest.ceiling_tok_s)
+        if deepest.decode_tok_s and deepest.ceiling_tok_s
+        else None,
+        message=rows,
+    )
 
 
 class GpuUtilizationSampler:

@@ -28,6 +28,15 @@ SMALL_NIGHT = {
     "load_spawn_rate": 2,
     "load_run_time_s": 6,
     "load_wait_scale": 0.1,
+    # The workloads, small for 2 cores: two depths, a 600-token shared prefix (Gemma 3 slides a 512-token
+    # window: llama-server reuses no shorter prefix without --swa-full), /metrics twice a second.
+    "depths": [64, 256],
+    "depth_max_tokens": 8,
+    "prefix_tokens": 600,
+    "prefix_rounds": 2,
+    "prefix_warm_requests": 2,
+    "prefix_max_tokens": 4,
+    "metrics_interval_s": 0.5,
 }
 # A datasheet figure for this test's "hardware": enough to give the Gemma endpoints a ceiling.
 TEST_HARDWARE = {"name": "test-host", "cpu_bandwidth_gbs": 30.0, "efficiency": 0.8}
@@ -83,6 +92,10 @@ GREEN = {
     "decode_tok_s_min": 5,
     "success_rate_min": 0.95,
     "concurrency": 4,
+    # Goodput SLOs a 1-thread Gemma 270M meets with room on a busy 2-core box.
+    "slo_ttft_ms": 10_000,
+    "slo_itl_ms": 2_000,
+    "goodput_min": 0.75,
 }
 
 
@@ -97,8 +110,10 @@ def test_a_green_night_on_the_cpu_stack_records_history_once(stack, green_night)
     result = green_night
     assert result.success
     evaluations = checks(result)
-    for name in ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced"):
+    for name in ("ttft_p50", "ttft_p95", "decode_throughput", "success_at_concurrency", "auth_enforced", "goodput"):
         assert evaluations[("benchmark_results", name)].passed, evaluations[("benchmark_results", name)].description
+    for key in (("context_depth_results", "context_depth_measured"), ("prefix_cache_results", "prefix_cache_works")):
+        assert evaluations[key].passed, evaluations[key].description
     assert evaluations[("load_test_results", "no_failed_requests")].passed
     decode = evaluations[("benchmark_results", "decode_throughput")]
     row = decode.metadata["openai-standin"].value
@@ -121,8 +136,53 @@ def test_a_green_night_on_the_cpu_stack_records_history_once(stack, green_night)
     assert loads == (2, 0)
 
 
+def test_the_workloads_join_the_night_with_their_physics_and_history(stack, green_night):
+    evaluations = checks(green_night)
+    depth = evaluations[("context_depth_results", "context_depth_measured")]
+    row = depth.metadata["llamacpp-cpu"].value
+    assert row["status"] == "passed" and 0 < row["measured"] < row["ceiling"], "decode at depth below its ceiling"
+    assert "256 tok" in row["message"] and "ceiling" in row["message"]
+    prefix = evaluations[("prefix_cache_results", "prefix_cache_works")]
+    assert "warm TTFT p50" in prefix.description and "cache hit" in prefix.description
+    goodput = evaluations[("benchmark_results", "goodput")].metadata["openai-standin"].value
+    assert goodput["status"] == "passed" and goodput["threshold"] == 0.75 and goodput["ceiling"] > 0
+    with history.connect(stack["settings"].history_file) as con:
+        depths = con.execute(
+            "SELECT endpoint, depth, prompt_tokens, server_prompt_tokens FROM depth_samples WHERE night = ? "
+            "ORDER BY 1, 2",
+            [GREEN_NIGHT],
+        ).fetchall()
+        kinds = con.execute(
+            "SELECT kind, count(*), min(cached_tokens) FROM prefix_cache_samples WHERE night = ? AND endpoint = "
+            "'llamacpp-cpu' GROUP BY 1 ORDER BY 1",
+            [GREEN_NIGHT],
+        ).fetchall()
+        levels = con.execute(
+            "SELECT concurrency, requests FROM goodput WHERE night = ? AND endpoint = 'llamacpp-cpu' ORDER BY 1",
+            [GREEN_NIGHT],
+        ).fetchall()
+        scraped = con.execute(
+            "SELECT DISTINCT phase, status FROM server_metric_runs WHERE night = ? ORDER BY 1", [GREEN_NIGHT]
+        ).fetchall()
+        series = con.execute(
+            "SELECT count(DISTINCT metric) FROM server_metrics WHERE night = ? AND metric LIKE 'llamacpp:%'",
+            [GREEN_NIGHT],
+        ).fetchone()[0]
+    # Exact token counts, the server's own count agreeing (the night ran twice: rows replaced, not added).
+    assert depths == [(e, d, d, d) for e in ("llamacpp-cpu", "openai-standin") for d in (64, 256)]
+    assert kinds[0][:2] == ("cold", 2) and kinds[1][:2] == ("warm", 4) and kinds[1][2] > 550
+    assert levels == [(1, 1), (4, 4)]
+    assert scraped == [("benchmark", "ok"), ("context_depth", "ok"), ("prefix_cache", "ok")] and series > 5
+
+
 def test_impossible_thresholds_fail_clearly_and_physics_says_unattainable(stack):
-    acceptance = {"ttft_p50_ms": 0.001, "decode_tok_s_min": 5000, "success_rate_min": 0.95, "concurrency": 4}
+    acceptance = {
+        "ttft_p50_ms": 0.001,
+        "decode_tok_s_min": 5000,
+        "success_rate_min": 0.95,
+        "concurrency": 4,
+        "slo_itl_ms": 0.001,  # faster than one decode step: unattainable
+    }
     result = night(stack, "red", acceptance, partition="2026-11-24")
     evaluations = checks(result)
     ttft = evaluations[("benchmark_results", "ttft_p50")]
@@ -130,6 +190,9 @@ def test_impossible_thresholds_fail_clearly_and_physics_says_unattainable(stack)
     decode = evaluations[("benchmark_results", "decode_throughput")]
     assert not decode.passed and decode.severity.value == "WARN"
     assert decode.description.startswith("unattainable:") and "above the physics ceiling" in decode.description
+    goodput = evaluations[("benchmark_results", "goodput")]
+    assert not goodput.passed and goodput.severity.value == "WARN"
+    assert goodput.description.startswith("unattainable:") and "below one decode step" in goodput.description
 
 
 def test_measured_decode_stays_below_the_ceiling_from_measured_bandwidth(stack, green_night):

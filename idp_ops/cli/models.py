@@ -70,14 +70,30 @@ def cmd_download(args: argparse.Namespace) -> int:
         if unknown:
             raise UnknownModelError(f"no declared model download named {unknown}; declared: {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in args.name]
+    from idp_ops.stack.secrets import HF_TOKEN_FILE_NAME
+
     log = progress(args)
-    results = download_models(specs, settings.models_dir, log=log, progress=lambda p: log(p.describe()))
+    # Hub repos read the token from its 0600 file here, never from env or argv; at most a progress line a second.
+    results = download_models(
+        specs,
+        settings.models_dir,
+        hf_token_file=settings.secrets_dir / HF_TOKEN_FILE_NAME,
+        log=log,
+        progress=lambda p: log(p.describe()),
+        progress_interval_s=1.0,
+    )
     data = {"models_dir": str(settings.models_dir), "results": [r.as_dict() for r in results]}
 
     def human(d: dict) -> str:
         if not d["results"]:
             return "no model downloads declared (settings: model_downloads)"
-        return "\n".join(f"{r['status']:<10} {r['name']:<30} {r['message']}" for r in d["results"])
+        lines = []
+        for r in d["results"]:
+            lines.append(f"{r['status']:<10} {r['name']:<30} {r['message']}")
+            lines += [
+                f"  {f['status']:<10} {f['path']}: {f['message']}" for f in r.get("files", []) if len(r["files"]) > 1
+            ]
+        return "\n".join(lines)
 
     emit(args, data, human)
     return 1 if any(r.status == "failed" for r in results) else 0
@@ -92,7 +108,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     inventory.set_defaults(func=cmd_inventory)
 
     download = sub.add_parser(
-        "download", parents=[common], help="fetch the declared models (resumable, sha256-verified)"
+        "download",
+        parents=[common],
+        help="fetch the declared models: URLs or Hugging Face repos pinned to a commit (resumable, hash-verified)",
     )
     download.add_argument("--name", action="append", help="only this declared model (repeatable)")
     download.set_defaults(func=cmd_download)

@@ -340,6 +340,53 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        5,
+        [
+            # Model switches (models/switch.py), one row per attempt, refused ones included.
+            # outcome: switched | rolled_back | rollback_failed | refused; *_s NULL for phases not reached.
+            """CREATE TABLE model_switches (
+                id VARCHAR PRIMARY KEY,
+                endpoint VARCHAR NOT NULL,
+                service VARCHAR,
+                from_model VARCHAR,
+                to_model VARCHAR NOT NULL,
+                started_at TIMESTAMPTZ NOT NULL,
+                finished_at TIMESTAMPTZ NOT NULL,
+                preflight_s DOUBLE,
+                recreate_s DOUBLE,
+                prove_s DOUBLE,
+                rollback_s DOUBLE,
+                outcome VARCHAR NOT NULL,
+                message VARCHAR NOT NULL,
+                preflight VARCHAR
+            )""",
+            # The model the server said it served when the night was measured (trends keep one
+            # series per endpoint and served model); NULL for nights before this column.
+            "ALTER TABLE bench_runs ADD COLUMN served_model VARCHAR",
+        ],
+    ),
+    (
+        6,
+        [
+            # Router endpoints (models/router.py): each served model's load time, measured apart from
+            # TTFT: unloaded first, then POST /models/load polled until loaded (method "explicit").
+            # status loaded / failed; error says why a model did not load.
+            """CREATE TABLE router_loads (
+                night DATE NOT NULL,
+                endpoint VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                started_at TIMESTAMPTZ NOT NULL,
+                unload_s DOUBLE,
+                load_s DOUBLE,
+                method VARCHAR NOT NULL,
+                models_max INTEGER,
+                status VARCHAR NOT NULL,
+                error VARCHAR,
+                PRIMARY KEY (night, endpoint, model)
+            )""",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -6,21 +6,28 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetSelection,
+    Config,
     Definitions,
     Failure,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
+    Output,
     asset,
     define_asset_job,
     in_process_executor,
+    job,
     load_asset_checks_from_current_module,
     load_assets_from_current_module,
+    op,
 )
+from pydantic import Field
 
 from idp_ops.models.downloads import DownloadProgress, download_models
 from idp_ops.models.gguf_meta import ModelFile, ModelScanError, record_scan, scan_models
 from idp_ops.resources import SettingsResource
-from idp_ops.runs import HEAVY_TAG
+from idp_ops.runs import HEAVY_TAG, STACK_EXCLUSIVE_TAG
+from idp_ops.stack.secrets import HF_TOKEN_FILE_NAME
 
 GROUP = "models"
 
@@ -39,7 +46,14 @@ def model_downloads(context: AssetExecutionContext, settings: SettingsResource) 
     def progress(p: DownloadProgress) -> None:
         context.log.info(p.describe())
 
-    results = download_models(cfg.model_downloads, cfg.models_dir, log=context.log.info, progress=progress)
+    # Hub repos: the token file is read inside, passed only as a header; it never reaches the log or metadata.
+    results = download_models(
+        cfg.model_downloads,
+        cfg.models_dir,
+        hf_token_file=cfg.secrets_dir / HF_TOKEN_FILE_NAME,
+        log=context.log.info,
+        progress=progress,
+    )
     rows = [
         {
             "name": r.name,
@@ -49,6 +63,7 @@ def model_downloads(context: AssetExecutionContext, settings: SettingsResource) 
             "size": f"{r.size:,}" if r.size is not None else "",
             "seconds": r.seconds,
             "attempts": r.attempts,
+            "commit": r.commit or "",
             "message": r.message,
         }
         for r in results
@@ -57,7 +72,7 @@ def model_downloads(context: AssetExecutionContext, settings: SettingsResource) 
     metadata = {
         "models_dir": MetadataValue.path(str(cfg.models_dir)),
         "models": MetadataValue.md(
-            _md_table(rows, ["name", "status", "bytes", "size", "seconds", "attempts", "message"])
+            _md_table(rows, ["name", "status", "bytes", "size", "seconds", "attempts", "commit", "message"])
         ),
         "per_model": MetadataValue.json({r.name: r.as_dict() for r in results}),
         "declared": len(results),
@@ -172,8 +187,62 @@ models_job = define_asset_job(
 )
 
 
+# -- switch_model_job (models/switch.py) ------------------------------------------------
+
+
+class SwitchModelConfig(Config):
+    """Which endpoint serves which GGUF next; an unknown name fails the run with the choices listed."""
+
+    endpoint: str = Field(description="endpoint name (settings: endpoints), e.g. llamacpp-cpu")
+    model: str = Field(description="GGUF in the models dir: relative path, file name, or name without .gguf")
+
+
+@op(
+    description="Preflight (inventory, manifest, memory fit, physics ceiling vs criteria), recreate only the "
+    "endpoint's service with the model, prove it; on any failure roll back and prove the previous model."
+)
+def switch_model(context: OpExecutionContext, config: SwitchModelConfig, settings: SettingsResource):
+    from idp_ops.models.switch import SwitchInputError
+    from idp_ops.models.switch import switch_model as run_switch
+    from idp_ops.tables import markdown_table
+
+    try:
+        result = run_switch(settings.load(), config.endpoint, config.model, progress=context.log.info)
+    except SwitchInputError as exc:
+        raise Failure(description=f"bad run config: {exc}") from None
+    data = result.as_dict()
+    metadata = {
+        "outcome": result.outcome,
+        "endpoint": result.endpoint,
+        "from": f"{result.from_model} ({result.from_file})",
+        "to": f"{result.to_model} ({result.to_file})",
+        "message": result.message,
+        **{
+            f"{phase}_s": data[f"{phase}_s"]
+            for phase in ("preflight", "recreate", "prove", "rollback")
+            if data[f"{phase}_s"] is not None
+        },  # fmt: skip
+        "preflight": MetadataValue.md(markdown_table(result.preflight, ["check", "status", "detail"])),
+        "served": MetadataValue.json(result.served or {}),
+        "switch_id": result.id,
+    }
+    if not result.ok:
+        (context.log.error if result.outcome == "rollback_failed" else context.log.warning)(result.message)
+        raise Failure(description=f"{result.outcome}: {result.message}", metadata=metadata)
+    yield Output(data, metadata=metadata)
+
+
+@job(
+    executor_def=in_process_executor,
+    description="Switch the model a llama.cpp endpoint serves (run config: endpoint, model); proven or rolled back.",
+    tags={**STACK_EXCLUSIVE_TAG, **HEAVY_TAG},
+)
+def switch_model_job():
+    switch_model()
+
+
 defs = Definitions(
     assets=load_assets_from_current_module(),
     asset_checks=load_asset_checks_from_current_module(),
-    jobs=[models_job],
+    jobs=[models_job, switch_model_job],
 )

@@ -12,6 +12,12 @@ operator's own file, and overwriting 40 GB silently is not ours to decide).
 httpx rather than hand-rolled urllib: it follows the Hugging Face redirects to
 the CDN, drops Authorization on cross-host redirects, and separates connect and
 read timeouts.
+
+Hugging Face repos (``hf_repo``) go through hub.py, which resolves the revision
+to a commit and the expected hashes from the Hub, then fetches each file here.
+A file the Hub stores without LFS has no sha256 in its metadata, only its git
+blob id; such a file (a spec with ``git_sha1`` and no ``sha256``) is verified
+against that: sha1 of ``b"blob <size>\\0" + content``, exact, not by size.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -42,7 +48,7 @@ class DownloadSpec(Protocol):
     """What config.ModelDownload provides (kept structural so core/ needs no settings object)."""
 
     name: str
-    sha256: str
+    sha256: str | None  # None/empty: verify ``git_sha1`` instead (a non-LFS Hub file)
     target: str
 
     @property
@@ -87,6 +93,14 @@ class DownloadResult:
     resumed_from: int = 0
     expected_sha256: str = ""
     sha256: str | None = None  # what we computed, when we got that far
+    # What the check compared: "sha256", or "git-blob-sha1" for a small non-LFS Hub file.
+    verified_by: str = "sha256"
+    expected_git_sha1: str = ""
+    # Hub downloads: the repo, the revision asked for, the commit it resolved to, and one entry per file.
+    hf_repo: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    files: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -128,9 +142,35 @@ def sha256_file(path: Path, *, chunk: int = HASH_CHUNK, digest=None):
     return digest
 
 
-def download_models(specs: list[DownloadSpec], models_dir: Path, **options) -> list[DownloadResult]:
-    """Every declared model, one after the other; one failure does not stop the rest."""
-    return [download_model(spec, models_dir, **options) for spec in specs]
+def git_blob_sha1(path: Path) -> str:
+    """The git object id of a file's content, as the Hub reports ``blobId`` for non-LFS files."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    return sha256_file(path, digest=digest).hexdigest()
+
+
+def download_models(
+    specs: list[DownloadSpec],
+    models_dir: Path,
+    *,
+    hf_token_file: Path | None = None,
+    hf_endpoint: str | None = None,
+    **options,
+) -> list[DownloadResult]:
+    """Every declared model, one after the other; one failure does not stop the rest.
+
+    Specs with ``hf_repo`` go through the Hub (hub.py); ``hf_token_file`` is read only then.
+    """
+    results = []
+    for spec in specs:
+        if getattr(spec, "hf_repo", None):
+            from idp_ops.models.hub import download_hub_model
+
+            results.append(
+                download_hub_model(spec, models_dir, token_file=hf_token_file, endpoint=hf_endpoint, **options)
+            )
+        else:
+            results.append(download_model(spec, models_dir, **options))
+    return results
 
 
 def download_model(
@@ -146,20 +186,30 @@ def download_model(
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
     chunk_size: int = 1 << 20,
+    status_hint: Callable[[int], str | None] | None = None,
 ) -> DownloadResult:
     """Make ``models_dir/spec.target`` exist with sha256 ``spec.sha256``, downloading it if absent.
 
     ``max_attempts`` bounds consecutive attempts that brought no new bytes (a
     download that keeps progressing through drops keeps going, a dead one stops);
     backoff doubles from ``backoff_s``. Never raises for network or data problems:
-    the result says ``failed`` and why.
+    the result says ``failed`` and why. ``status_hint`` turns a final HTTP status
+    (401, 403, 404) into the sentence the operator needs (hub.py: gated repos).
     """
     started = time.monotonic()
     models_dir = Path(models_dir).expanduser().resolve()
     target = models_dir / spec.target
-    expected = spec.sha256.lower()
+    expected = (spec.sha256 or "").lower()
+    git_sha1 = "" if expected else (getattr(spec, "git_sha1", None) or "").lower()
     result = DownloadResult(
-        name=spec.name, target=str(target), url=spec.source_url, status="failed", message="", expected_sha256=expected
+        name=spec.name,
+        target=str(target),
+        url=spec.source_url,
+        status="failed",
+        message="",
+        expected_sha256=expected,
+        verified_by="sha256" if expected else "git-blob-sha1",
+        expected_git_sha1=git_sha1,
     )
     report = progress or (lambda p: log(p.describe()))
 
@@ -169,6 +219,8 @@ def download_model(
         log(f"{spec.name}: {message}")
         return result
 
+    if not expected and not git_sha1:
+        return finish("failed", "no sha256 (nor git blob id) to verify against: refused")
     # A symlinked directory inside models_dir must not carry the target outside it.
     if not target.parent.resolve().is_relative_to(models_dir):
         return finish("failed", f"target {target} resolves outside the models dir {models_dir}: refused")
@@ -181,6 +233,15 @@ def download_model(
         except OSError as exc:
             return finish("failed", f"{target} is present but unreadable ({exc.strerror or exc}): left untouched")
         result.sha256, result.size = got, target.stat().st_size
+        if not expected:
+            blob = git_blob_sha1(target)
+            if blob == git_sha1:
+                return finish("skipped", f"present, git blob sha1 verified ({_size(result.size)})")
+            return finish(
+                "failed",
+                f"{target} is present but its git blob sha1 is {blob}, expected {git_sha1}: left untouched "
+                "(move it away to download the declared file)",
+            )
         if got == expected:
             return finish("skipped", f"present, sha256 verified ({_size(result.size)})")
         return finish(
@@ -211,7 +272,8 @@ def download_model(
             )
         try:
             return _fetch(spec, target, part, handle, client, headers or {}, result, finish, log, report,
-                          progress_interval_s, max_attempts, backoff_s, chunk_size, started)  # fmt: skip
+                          progress_interval_s, max_attempts, backoff_s, chunk_size, started,
+                          status_hint)  # fmt: skip
         finally:
             if own_client:
                 client.close()
@@ -220,7 +282,8 @@ def download_model(
 
 
 def _fetch(spec, target, part, handle, client, headers, result, finish, log, report,
-           progress_interval_s, max_attempts, backoff_s, chunk_size, started) -> DownloadResult:  # fmt: skip
+           progress_interval_s, max_attempts, backoff_s, chunk_size, started,
+           status_hint=None) -> DownloadResult:  # fmt: skip
     digest = hashlib.sha256()
     offset = os.fstat(handle.fileno()).st_size
     if offset:
@@ -260,9 +323,10 @@ def _fetch(spec, target, part, handle, client, headers, result, finish, log, rep
                     digest, offset = _restart(handle)
                     raise _Retry(f"HTTP 416: the {stale:,}-byte partial is longer than the remote file ({size})")
                 if status in RETRYABLE_STATUS:
-                    raise _Retry(f"HTTP {status} from {response.url}")
+                    raise _Retry(f"HTTP {status} from {_without_query(response.url)}")
                 if status not in (200, 206):
-                    raise _Fail(f"HTTP {status} from {response.url}")
+                    hint = status_hint(status) if status_hint else None
+                    raise _Fail(hint or f"HTTP {status} from {_without_query(response.url)}")
                 if status == 206:
                     start, _end, size = _content_range(response.headers.get("content-range", ""))
                     if start != offset:
@@ -321,12 +385,19 @@ def _fetch(spec, target, part, handle, client, headers, result, finish, log, rep
     result.size = offset
     result.sha256 = got = digest.hexdigest()
     report(DownloadProgress(spec.name, offset, total or offset, received, time.monotonic() - started))
-    if got != result.expected_sha256:
+    resumed = f" (resumed from an earlier partial of {_size(result.resumed_from)})" if result.resumed_from else ""
+    if result.expected_sha256 and got != result.expected_sha256:
         part.unlink(missing_ok=True)
-        resumed = f" (resumed from an earlier partial of {_size(result.resumed_from)})" if result.resumed_from else ""
         return finish(
             "failed",
             f"sha256 mismatch: expected {result.expected_sha256}, got {got} for {_size(offset)} from "
+            f"{spec.source_url}{resumed}; the download was deleted",
+        )
+    if not result.expected_sha256 and (blob := git_blob_sha1(part)) != result.expected_git_sha1:
+        part.unlink(missing_ok=True)
+        return finish(
+            "failed",
+            f"git blob sha1 mismatch: expected {result.expected_git_sha1}, got {blob} for {_size(offset)} from "
             f"{spec.source_url}{resumed}; the download was deleted",
         )
     os.chmod(part, 0o444)  # model files are read-only, for people as for containers
@@ -340,7 +411,8 @@ def _fetch(spec, target, part, handle, client, headers, result, finish, log, rep
     else:
         part.unlink()
     _fsync_dir(target.parent)
-    return finish("downloaded", f"downloaded {_size(offset)} in {time.monotonic() - started:.1f} s, sha256 verified")
+    check = "sha256" if result.expected_sha256 else "git blob sha1"
+    return finish("downloaded", f"downloaded {_size(offset)} in {time.monotonic() - started:.1f} s, {check} verified")
 
 
 def _keep_or_drop(handle, part: Path, offset: int) -> str:
@@ -384,3 +456,8 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _without_query(url: httpx.URL) -> str:
+    # A CDN redirect target carries a signed query string: a short-lived credential, not for logs.
+    return str(url.copy_with(query=None))

@@ -6,6 +6,10 @@ the baseline it is compared with, and a median ignores the odd outlier. "Worse"
 depends on the metric: lower throughput, or higher latency. Efficiency is each
 measured decode speed divided by its physics ceiling; above 1 means the ceiling
 is wrong, not that the server is fast.
+
+A series is one endpoint *and the model it served* (bench_runs.served_model, set since
+model switching): a switch starts a new series instead of reading as a regression, and
+the newest status of an endpoint is judged on its current model's nights only.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class MetricStatus:
     ceiling_tok_s: float | None
     status: str  # "regression" | "ok" | "not enough data"
     history_runs: int
+    served_model: str | None = None  # the model this series measured (None: not recorded)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,14 +113,27 @@ def _table_exists(con, name: str) -> bool:
 
 
 def load_bench_runs(history_file: Path) -> pd.DataFrame:
-    """All nightly benchmark rows, oldest first; an empty frame when there is no history."""
+    """All nightly benchmark rows, oldest first; an empty frame when there is no history.
+
+    ``served_model`` is what the server said it served, else the configured model (rows before
+    the column existed, or a history file opened read-only before its migration).
+    """
     columns = ["night", "endpoint", "started_at", "ceiling_tok_s", "ok", *METRICS]
     if not Path(history_file).exists():
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=[*columns, "served_model"])
     with history.connect(history_file, read_only=True) as con:
         if not _table_exists(con, "bench_runs"):
-            return pd.DataFrame(columns=columns)
-        frame = con.execute(f"SELECT {', '.join(columns)} FROM bench_runs ORDER BY endpoint, night").df()
+            return pd.DataFrame(columns=[*columns, "served_model"])
+        present = {
+            name
+            for (name,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'bench_runs'"
+            ).fetchall()
+        }
+        served = "coalesce(served_model, model)" if "served_model" in present else "model"
+        frame = con.execute(
+            f"SELECT {', '.join(columns)}, {served} AS served_model FROM bench_runs ORDER BY endpoint, night"
+        ).df()
     frame["night"] = pd.to_datetime(frame["night"])
     return frame
 
@@ -140,14 +158,18 @@ def analyse_runs(
     order = {name: i for i, name in enumerate(names)}
     wide = runs[["night", "endpoint", "ceiling_tok_s", *names]].copy()
     wide[names] = wide[names].astype(float)
-    points = wide.melt(id_vars=["night", "endpoint", "ceiling_tok_s"], value_vars=names, var_name="metric",
-                       value_name="value").dropna(subset=["value"])  # fmt: skip
+    # One series per endpoint and served model ("" where history never said which model).
+    served = runs["served_model"] if "served_model" in runs.columns else pd.Series(None, index=runs.index)
+    wide["served_model"] = served.astype(object).where(served.notna(), "").astype(str)
+    current_model = wide.sort_values("night", kind="stable").groupby("endpoint")["served_model"].last()
+    points = wide.melt(id_vars=["night", "endpoint", "served_model", "ceiling_tok_s"], value_vars=names,
+                       var_name="metric", value_name="value").dropna(subset=["value"])  # fmt: skip
     if points.empty:
         return TrendReport(len(runs), sorted(runs["endpoint"].unique()), _empty_points(), settings=settings,
                            message=NOT_ENOUGH_BENCH)  # fmt: skip
     points["rank"] = points["metric"].map(order)
-    points = points.sort_values(["endpoint", "rank", "night"], kind="stable").reset_index(drop=True)
-    keys = [points["endpoint"], points["metric"]]
+    points = points.sort_values(["endpoint", "served_model", "rank", "night"], kind="stable").reset_index(drop=True)
+    keys = [points["endpoint"], points["served_model"], points["metric"]]
     values = points["value"]
     points["rolling_median"] = _rolling_median(values.groupby(keys, sort=False), settings.window, 1)
     # Baseline of run i = median of runs i-window .. i-1: the run judged never votes for itself.
@@ -161,14 +183,19 @@ def analyse_runs(
     )
     points["regression"] = worse.fillna(False).astype(bool)
     has_ceiling = points["metric"].map({name: METRICS[name].has_ceiling for name in names}).astype(bool)
-    ceiling = points["ceiling_tok_s"].astype(float).fillna(points["endpoint"].map(current_ceilings))
+    # Today's ceiling only stands in for the model served today, never for an earlier model's nights.
+    is_current = points["served_model"] == points["endpoint"].map(current_model)
+    ceiling = points["ceiling_tok_s"].astype(float).fillna(points["endpoint"].map(current_ceilings).where(is_current))
     points["ceiling_tok_s"] = ceiling.where(has_ceiling)
     points["efficiency"] = (values / points["ceiling_tok_s"]).where(has_ceiling)
     points = points[_POINT_COLUMNS]
 
     latest = []
-    counts = points.groupby(["endpoint", "metric"], sort=False).size()
-    for last in points.groupby(["endpoint", "metric"], sort=False).tail(1).itertuples(index=False):
+    series = ["endpoint", "served_model", "metric"]
+    counts = points.groupby(series, sort=False).size()
+    for last in points.groupby(series, sort=False).tail(1).itertuples(index=False):
+        if last.served_model != current_model.get(last.endpoint):
+            continue  # an earlier model's series: kept in points, not judged as the endpoint's status
         judged = not pd.isna(last.baseline)
         latest.append(
             MetricStatus(
@@ -181,7 +208,8 @@ def analyse_runs(
                 efficiency=_num(last.efficiency),
                 ceiling_tok_s=_num(last.ceiling_tok_s),
                 status=("regression" if last.regression else "ok") if judged else "not enough data",
-                history_runs=int(counts[(last.endpoint, last.metric)]) - 1,
+                history_runs=int(counts[(last.endpoint, last.served_model, last.metric)]) - 1,
+                served_model=last.served_model or None,
             )
         )
     report = TrendReport(
@@ -201,6 +229,7 @@ def _num(value) -> float | None:
 
 _POINT_COLUMNS = [
     "endpoint",
+    "served_model",
     "metric",
     "night",
     "value",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from idp_ops.errors import ProblemFound
 from idp_ops.fsutil import atomic_write_json
+from idp_ops.models.router import RouterError, prove_router_listing, write_router_presets
 from idp_ops.settings import Settings
 from idp_ops.stack.audit import audit_gate
 from idp_ops.stack.compose import (
@@ -105,6 +106,11 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
     if problems:
         raise DeployError("cannot deploy:\n  - " + "\n  - ".join(problems))
     project = compose_project(settings)
+    # A router endpoint's preset is written from the GGUF headers before compose reads anything.
+    try:
+        router_plans = write_router_presets(settings, log=log)
+    except RouterError as exc:
+        raise DeployError(f"cannot deploy: {exc}") from None
     log(f"validating {settings.compose_file.name} with compose")
     project.config()  # first: a file compose cannot read is reported in compose's own words
     # Every caller passes the gate, not only the CLI and deploy_job (both also run it first).
@@ -140,6 +146,7 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
 
     services = [_service_row(state) for state in project.ps()]
     all_problems = [f"{r.endpoint}: {p}" for r in results for p in r.problems]
+    all_problems += prove_router_listing(settings, router_plans, log=log)
     # Only a proven deploy closes the containment record; a failed one leaves it (re-armed).
     rearmed = clear_latch(settings) if not all_problems else False
     if rearmed:

@@ -126,6 +126,49 @@ def ensure_keys(
     return report
 
 
+# The Hugging Face token for gated repos: one more 0600 file in the secrets dir, written by
+# `idp-ops secrets hf-token` (from stdin or a prompt, never argv). Not an API key of ours, so
+# ensure_keys and api-keys.env leave it alone; hub.py reads it and passes it as a header only.
+HF_TOKEN_FILE_NAME = "hf_token"
+_HF_TOKEN = re.compile(r"^[\x21-\x7e]{8,512}$")  # printable, no spaces: what fits a Bearer header
+
+
+def write_hf_token(secrets_dir: Path, token: str) -> dict:
+    """Store the Hub token (0600, atomically); returns its path and fingerprint, never the token."""
+    token = token.strip()
+    if not _HF_TOKEN.match(token):
+        raise SecretsError(
+            "that does not look like a Hugging Face token (8-512 printable characters, no spaces); nothing written"
+        )
+    _ensure_private_dir(secrets_dir)
+    path = secrets_dir / HF_TOKEN_FILE_NAME
+    replaced = path.exists()
+    _write_private(path, token + "\n")
+    return {"path": str(path), "fingerprint": fingerprint(token), "replaced": replaced}
+
+
+def read_hf_token(path: Path) -> str | None:
+    """The Hub token from its file, or None when there is no file (public repos need none).
+
+    A file others can read is refused rather than used: the token grants the owner's Hub access.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SecretsError(f"{path} is readable by others (mode {mode:o}): chmod 600 it, or rewrite it with "
+                           "`idp-ops secrets hf-token`")  # fmt: skip
+    try:
+        token = next((line.strip() for line in path.read_text().splitlines() if line.strip()), "")
+    except PermissionError:
+        raise SecretsError(f"{path} is not readable by this user") from None
+    if not _HF_TOKEN.match(token):
+        raise SecretsError(f"{path} does not hold a token (printable, no spaces): rewrite it with "
+                           "`idp-ops secrets hf-token`")  # fmt: skip
+    return token
+
+
 def _ensure_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)

@@ -349,8 +349,21 @@ class GpuUtilizationSampler:
 # -- history -----------------------------------------------------------------
 
 
-def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceiling_tok_s: float | None) -> None:
-    """Replace this night's rows for the endpoint: re-running a night never duplicates."""
+def record_benchmark(
+    con: duckdb.DuckDBPyConnection,
+    night: date,
+    report,
+    ceiling_tok_s: float | None,
+    *,
+    served_model: str | None = None,
+) -> None:
+    """Replace this night's rows for the endpoint: re-running a night never duplicates.
+
+    ``served_model``: what the server said it served (models.switch.served_model_name); else the report's,
+    else the configured model, which follows a switch (models/selection.py). Trends keep one series per
+    endpoint and served model.
+    """
+    served_model = served_model or getattr(report, "served_model", None) or report.model
     top = max(report.sweep, key=lambda s: s.concurrency) if report.sweep else None
     con.execute("BEGIN TRANSACTION")
     try:
@@ -366,6 +379,7 @@ def record_benchmark(con: duckdb.DuckDBPyConnection, night: date, report, ceilin
                     "protocol": report.protocol,
                     "url": report.url,
                     "model": report.model,
+                    "served_model": served_model,
                     "started_at": report.started_at,
                     "decode_tok_s": report.decode_tok_s,
                     "server_decode_tok_s": report.server_decode_tok_s,

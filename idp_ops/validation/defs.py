@@ -27,6 +27,17 @@ from dagster import (
 )
 
 from idp_ops.history import database as history
+from idp_ops.models.router import (
+    RouterClient,
+    RouterError,
+    RouterLoad,
+    benchmark_models,
+    model_endpoint,
+    plan_router,
+    record_router_loads,
+    time_load,
+)
+from idp_ops.models.switch import served_model_name
 from idp_ops.physics.bandwidth_store import latest_measured_bandwidth
 from idp_ops.physics.ceilings import endpoint_ceiling
 from idp_ops.resources import SettingsResource
@@ -37,6 +48,7 @@ from idp_ops.tables import markdown_table
 from idp_ops.validation.bench import BenchError, run_benchmark_sync
 from idp_ops.validation.criteria import (
     CRITERIA,
+    CriterionResult,
     GpuUtilizationSampler,
     evaluate,
     evaluate_depth,
@@ -114,7 +126,9 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
     measured_bandwidth = latest_measured_bandwidth(cfg.history_file)
     results, rows, problems = [], [], []
     goodput_rows, server_metrics = [], {}
-    for endpoint in cfg.endpoints or []:
+    router_loads: list[RouterLoad] = []
+    # A router endpoint is benchmarked once per served model, each just loaded (load timed apart).
+    for endpoint in _bench_targets(context, cfg, night, router_loads):
         key_file = cfg.key_file(endpoint)
         key = read_key(key_file) if key_file else None
         context.log.info(f"benchmarking {endpoint.name} at {endpoint.url} ({endpoint.protocol})")
@@ -151,8 +165,11 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
         ceiling = endpoint_ceiling(
             endpoint, models_dir=cfg.models_dir, hardware=cfg.hardware, measured=measured_bandwidth
         )
+        # The figures belong to the model the server says it serves (a router serves the one asked for),
+        # so a switch never merges two models into one trend series.
+        served = endpoint.model if endpoint.router else served_model_name(endpoint.url, key)
         with history.connect(cfg.history_file) as con:
-            record_benchmark(con, night, report, ceiling.tok_s if ceiling else None)
+            record_benchmark(con, night, report, ceiling.tok_s if ceiling else None, served_model=served)
             record_goodput(con, night, report, endpoint)
             record_server_metrics(con, context.run.run_id, night, "benchmark", scraper.result)
         server_metrics[endpoint.name] = scraper.result.summary()
@@ -194,6 +211,7 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
                     f"{s.concurrency}: {s.success_rate:.0%} {s.aggregate_output_tok_s:.0f} tok/s" for s in report.sweep
                 ),
                 "errors": ", ".join(f"{k} {n}" for k, n in report.errors_by_kind.items()) or "none",
+                "load_s": next((load.load_s for load in router_loads if load.label == endpoint.name), ""),
             }
         )
     for problem in problems:
@@ -215,6 +233,14 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
             "problems": MetadataValue.json(problems),
             "goodput": MetadataValue.md(markdown_table(goodput_rows, list(goodput_rows[0]) if goodput_rows else [])),
             "server_metrics": MetadataValue.json(server_metrics),
+            "router_loads": MetadataValue.md(
+                markdown_table(
+                    [load.as_dict() for load in router_loads],
+                    ["endpoint", "model", "load_s", "unload_s", "models_max", "method", "error"],
+                )
+                if router_loads
+                else "No router endpoint."
+            ),
         },
         check_results=[_check(criterion, results) for criterion in CRITERIA],
     )
@@ -222,6 +248,39 @@ def benchmark_results(context: AssetExecutionContext, settings: SettingsResource
 
 def _round(value):
     return round(value, 1) if isinstance(value, float) else value
+
+
+def _bench_targets(context, cfg, night, router_loads: list[RouterLoad]):
+    """Every endpoint; a router endpoint as each model it benchmarks (router.benchmark_models, else all).
+
+    Each such model is unloaded and then loaded with an explicit, timed load just before its
+    benchmark, so its TTFT never includes the load (and models_max 1 cannot evict it midway).
+    Load times go to DuckDB (router_loads) as they are measured; a model that does not load fails
+    the asset, after its row is recorded.
+    """
+    for endpoint in cfg.endpoints or []:
+        if endpoint.router is None:
+            yield endpoint
+            continue
+        try:
+            plan = plan_router(cfg, endpoint)
+            names = benchmark_models(endpoint, plan.names)
+        except RouterError as exc:
+            raise Failure(description=f"{endpoint.name}: {exc}") from None
+        entries = {e.name: e for e in plan.entries}
+        key_file = cfg.key_file(endpoint)
+        context.log.info(f"{endpoint.name}: router, benchmarking {names} ({plan.explain()})")
+        with RouterClient(endpoint.url, read_key(key_file) if key_file else None) as client:
+            for name in names:
+                load = time_load(client, endpoint.name, name, timeout_s=max(cfg.validation.ready_timeout_s, 300.0))
+                load.models_max = plan.models_max
+                router_loads.append(load)
+                with history.connect(cfg.history_file) as con:
+                    record_router_loads(con, night, [load])
+                if not load.ok:
+                    raise Failure(description=f"{endpoint.name}: model {name} did not load: {load.error}")
+                context.log.info(f"{endpoint.name}: {name} loaded in {load.load_s:.2f} s (unloaded first)")
+                yield model_endpoint(endpoint, entries[name])
 
 
 @asset(
@@ -357,6 +416,20 @@ def _workload_target(cfg, endpoint, measured_bandwidth):
     return key, ceiling
 
 
+def _router_not_judged(endpoint, criterion: str) -> CriterionResult:
+    # The router needs the model named on /tokenize and /props, which these workloads do not send
+    # yet; its models are benchmarked one by one in benchmark_results. Said, not silently skipped.
+    return CriterionResult(
+        endpoint.name,
+        criterion,
+        "not judged",
+        None,
+        None,
+        "",
+        message="router endpoint: this workload runs on single-model endpoints only (see benchmark_results)",
+    )
+
+
 @asset(
     group_name=GROUP,
     partitions_def=nights,
@@ -380,6 +453,9 @@ def context_depth_results(context: AssetExecutionContext, settings: SettingsReso
     measured_bandwidth = latest_measured_bandwidth(cfg.history_file)
     results, rows, metrics = [], [], {}
     for endpoint in cfg.endpoints or []:
+        if endpoint.router is not None:
+            results.append(_router_not_judged(endpoint, "context_depth_measured"))
+            continue
         key, ceiling = _workload_target(cfg, endpoint, measured_bandwidth)
         physics = depth_physics(endpoint, cfg.models_dir, ceiling)
         context.log.info(f"context depth on {endpoint.name}: depths {v.depths}")
@@ -459,6 +535,9 @@ def prefix_cache_results(context: AssetExecutionContext, settings: SettingsResou
     measured_bandwidth = latest_measured_bandwidth(cfg.history_file)
     results, rows, metrics = [], [], {}
     for endpoint in cfg.endpoints or []:
+        if endpoint.router is not None:
+            results.append(_router_not_judged(endpoint, "prefix_cache_works"))
+            continue
         key, ceiling = _workload_target(cfg, endpoint, measured_bandwidth)
         configured, why = prefix_caching_configured(cfg, endpoint)
         context.log.info(f"prefix cache on {endpoint.name}: {why}")

@@ -138,13 +138,17 @@ def test_audit_compose_judges_variables_by_the_settings_values():
     exposed = idp_ops("audit-compose", shipped, "--json", env={"IDP_MODELS_DIR": "/etc"})
     assert exposed.returncode == 1, exposed.stdout + exposed.stderr
     high = [f for f in json.loads(exposed.stdout)["findings"] if f["severity"] == "high"]
-    assert {(f["service"], f["rule"]) for f in high} == {("openai-standin", "CIS-5.6"), ("llamacpp-cpu", "CIS-5.6")}
+    assert {(f["service"], f["rule"]) for f in high} == {
+        ("openai-standin", "CIS-5.6"),
+        ("llamacpp-cpu", "CIS-5.6"),
+        ("llamacpp-router", "CIS-5.6"),  # profile router: mounts the models dir too
+    }
     assert all("resolves to '/etc:/models:ro'" in f["message"] for f in high)
 
     as_root = idp_ops("audit-compose", shipped, "--json", env={"IDP_SERVICE_UID": "0", "IDP_SERVICE_GID": "0"})
     assert as_root.returncode == 0  # running as root is medium: reported, not blocking
     root = [f for f in json.loads(as_root.stdout)["findings"] if f["rule"] == "IDP-ROOT"]
-    assert {f["service"] for f in root} == {"openai-standin", "llamacpp-cpu"}
+    assert {f["service"] for f in root} == {"openai-standin", "llamacpp-cpu", "llamacpp-router"}
 
 
 def test_deploy_refuses_a_high_finding_before_starting_anything(tmp_path):

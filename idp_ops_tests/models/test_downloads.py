@@ -9,6 +9,7 @@ import re
 import socket
 import stat
 import subprocess
+from dataclasses import dataclass
 
 import pytest
 
@@ -228,3 +229,64 @@ def test_a_download_that_cannot_fit_fails_before_writing_and_leaves_nothing(serv
     assert result.status == "failed" and result.attempts == 1
     assert re.search(r"needs 3\.15 MB more but .* has [\d.]+ (KB|MB) free", result.message), result.message
     assert not (small_tmpfs / spec.target).exists() and not partial_path(small_tmpfs / spec.target).exists()
+
+
+@dataclass
+class BlobSpec:
+    """A file known only by its git blob id, as the Hub lists a small non-LFS file."""
+
+    name: str
+    target: str
+    source_url: str
+    git_sha1: str
+    sha256: str | None = None
+
+
+def git_sha1_of(body: bytes) -> str:
+    return hashlib.sha1(f"blob {len(body)}\0".encode() + body, usedforsecurity=False).hexdigest()
+
+
+def test_a_file_known_by_its_git_blob_id_is_verified_against_it(server, tmp_path):
+    body = b'{"architectures": ["LlamaForCausalLM"]}\n'
+    server.state.files["/config.json"] = body
+    spec = BlobSpec("config", "cfg/config.json", server.base + "/config.json", git_sha1_of(body))
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "downloaded" and result.verified_by == "git-blob-sha1", result.message
+    assert result.sha256 == hashlib.sha256(body).hexdigest(), "the sha256 is still computed and recorded"
+    assert (tmp_path / "cfg" / "config.json").read_bytes() == body
+    # Present: verified again by the blob id, nothing fetched.
+    server.state.requests.clear()
+    again = download_model(spec, tmp_path, **FAST)
+    assert again.status == "skipped" and "git blob sha1 verified" in again.message and not server.state.requests
+
+
+def test_a_git_blob_id_mismatch_keeps_nothing(server, tmp_path):
+    server.state.files["/config.json"] = b'{"hidden_size": 64}'
+    wrong = git_sha1_of(b'{"hidden_size": 65}')
+    spec = BlobSpec("config", "config.json", server.base + "/config.json", wrong)
+    result = download_model(spec, tmp_path, **FAST)
+    assert result.status == "failed" and f"git blob sha1 mismatch: expected {wrong}" in result.message
+    assert not (tmp_path / "config.json").exists() and not partial_path(tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"url": "http://x/m.gguf"}, "a url download needs its sha256"),
+        ({"hf_repo": "o/r"}, "either hf_file (one file) or include"),
+        ({"hf_repo": "o/r", "hf_file": "a", "include": ["*"]}, "either hf_file (one file) or include"),
+        ({"hf_repo": "o/r", "include": ["*"], "sha256": "a" * 64}, "with include, give file_sha256"),
+        ({"hf_repo": "o/r", "include": ["*"], "file_sha256": {"a": "XYZ"}}, "64 lower-case hex digits"),
+        ({"url": "http://x/m", "sha256": "a" * 64, "include": ["*"]}, "go with hf_repo, not url"),
+    ],
+)
+def test_model_download_forms_are_checked_when_settings_load(fields, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        ModelDownload(name="m", target="t", **fields)
+
+
+def test_the_hub_forms_load_without_a_sha256():
+    one = ModelDownload(name="m", hf_repo="o/r", hf_file="m.gguf", target="m.gguf")
+    many = ModelDownload(name="f", hf_repo="o/r", include=["*.safetensors", "config.json"], target="f")
+    assert one.sha256 is None and one.source_url == "https://huggingface.co/o/r/resolve/main/m.gguf"
+    assert many.include == ["*.safetensors", "config.json"] and many.source_url.endswith("/o/r/tree/main")

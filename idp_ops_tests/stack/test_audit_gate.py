@@ -301,7 +301,8 @@ def test_gate_fires_the_root_rule_for_service_uid_zero_on_the_shipped_file(tmp_p
     settings = load_settings(settings_file(tmp_path, service_uid=0, service_gid=0))
     findings = audit_gate(settings)  # root is medium: reported, not blocking
     root = [f for f in findings if f.rule == "IDP-ROOT"]
-    assert {f.service for f in root} == {"openai-standin", "llamacpp-cpu"}
+    # The router service (profile router) shares the hardening, so the shipped file has it too.
+    assert {f.service for f in root} == {"openai-standin", "llamacpp-cpu", "llamacpp-router"}
     assert all("${IDP_SERVICE_UID:-65534}" in f.message and "'0:0'" in f.message for f in root)
 
 
@@ -310,7 +311,12 @@ def test_gate_refuses_a_models_dir_that_is_a_sensitive_host_directory(tmp_path):
     with pytest.raises(AuditGateError, match=r"deploy refused: .*docker-compose\.cpu\.yml") as info:
         audit_gate(settings)
     error = info.value
-    assert {(f.service, f.rule) for f in error.high} == {("openai-standin", "CIS-5.6"), ("llamacpp-cpu", "CIS-5.6")}
+    # llamacpp-router (profile router) mounts the models dir too.
+    assert {(f.service, f.rule) for f in error.high} == {
+        ("openai-standin", "CIS-5.6"),
+        ("llamacpp-cpu", "CIS-5.6"),
+        ("llamacpp-router", "CIS-5.6"),
+    }
     assert BENCHMARK in str(error) and "llamacpp-cpu: CIS-5.6" in str(error)
     # It carries every finding, not only the blocking ones (the asset records them all).
     assert {f.rule for f in error.findings} == {"CIS-5.6", "IDP-ROOT"}
@@ -337,7 +343,7 @@ def test_compose_audit_asset_runs_the_gate_with_the_settings_values(tmp_path):
     assert "CIS-5.6" in check.description and "/boot/llm-models" in check.description
     (materialization,) = result.asset_materializations_for_node("compose_audit")
     assert materialization.metadata["benchmark"].value == BENCHMARK
-    assert materialization.metadata["high"].value == 2
+    assert materialization.metadata["high"].value == 3  # openai-standin, llamacpp-cpu, llamacpp-router
 
 
 def test_an_included_file_may_hold_no_services(tmp_path):

@@ -131,7 +131,9 @@ def test_a_green_night_on_the_cpu_stack_records_history_once(stack, green_night)
             "SELECT count(*) FROM bench_samples WHERE night = ? AND endpoint = 'llamacpp-cpu'", [GREEN_NIGHT]
         ).fetchone()[0]
         loads = con.execute("SELECT count(*), sum(failures) FROM load_tests WHERE night = ?", [GREEN_NIGHT]).fetchone()
+        served = con.execute("SELECT DISTINCT served_model FROM bench_runs WHERE night = ?", [GREEN_NIGHT]).fetchall()
     assert runs == [("llamacpp-cpu", 1), ("openai-standin", 1)]
+    assert served == [("gemma-3-270m",)], "figures attributed to the model the server reports (its alias)"
     assert samples == 5 + 2 + 1 + 4  # ttft + decode + sweep(1) + sweep(4), warm-ups discarded
     assert loads == (2, 0)
 

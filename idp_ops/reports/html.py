@@ -57,8 +57,17 @@ def markdown_image(png: bytes, alt: str) -> str:
     return f"![{alt}]({data_uri(png)})"
 
 
+def series_labels(points):
+    """One label per series: an endpoint and the model it served ("llamacpp-cpu · tiny").
+
+    A model switch starts a new line in the plots instead of joining two models' points.
+    """
+    keys = ["endpoint", "served_model"] if "served_model" in points.columns else ["endpoint"]
+    return points[keys].fillna("").astype(str).agg(lambda row: " · ".join(v for v in row if v), axis=1)
+
+
 def plot_metric_trends(points, metrics: list[str], *, title: str = "") -> bytes | None:
-    """One panel per metric: each endpoint's values, its rolling median, regressions marked, the ceiling.
+    """One panel per metric: each series' values, its rolling median, regressions marked, the ceiling.
 
     ``points`` is ``TrendReport.points`` (a long-form DataFrame); None when it holds none of ``metrics``.
     """
@@ -67,13 +76,13 @@ def plot_metric_trends(points, metrics: list[str], *, title: str = "") -> bytes 
         return None
     fig = new_figure(9.0, 2.6 * len(present))
     axes = fig.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
-    # One colour per endpoint in every panel.
-    colors = {endpoint: f"C{i}" for i, endpoint in enumerate(sorted(points["endpoint"].unique()))}
+    points = points.assign(series=series_labels(points))
+    colors = {name: f"C{i}" for i, name in enumerate(sorted(points["series"].unique()))}
     for ax, metric in zip(axes, present):
         rows = points[points["metric"] == metric]
-        for endpoint, series in rows.groupby("endpoint", sort=True):
-            color = colors[endpoint]
-            ax.plot(series["night"], series["value"], "o-", color=color, markersize=3, linewidth=1, label=endpoint)
+        for name, series in rows.groupby("series", sort=True):
+            color = colors[name]
+            ax.plot(series["night"], series["value"], "o-", color=color, markersize=3, linewidth=1, label=name)
             ax.plot(series["night"], series["rolling_median"], "--", color=color, linewidth=1, alpha=0.7)
             bad = series[series["regression"]]
             if len(bad):

@@ -312,6 +312,12 @@ def test_trends_keep_one_series_per_served_model(tmp_path):
     assert set(points["served_model"]) == {"gemma-3-270m", "big-model"}
     gemma = points[points["served_model"] == "gemma-3-270m"]
     assert gemma["ceiling_tok_s"].isna().all(), "today's ceiling was lent to another model's nights"
+    # The plots draw one line per series too: the switch starts a new line, it does not join the two.
+    from idp_ops.reports.html import plot_metric_trends, series_labels
+
+    labels = series_labels(points)
+    assert labels.groupby(labels).size().to_dict() == {f"{ENDPOINT} · big-model": 3, f"{ENDPOINT} · gemma-3-270m": 5}
+    assert plot_metric_trends(report.points, ["decode_tok_s"]).startswith(b"\x89PNG")
 
 
 def test_preflight_shows_the_ceiling_beside_the_criteria(tmp_path, demo_models_dir):

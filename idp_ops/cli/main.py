@@ -61,48 +61,64 @@ def cmd_secrets_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_data(file: str, findings: list) -> dict:
+def _audit_data(file: str, findings: list, accepted: list = ()) -> dict:
     from idp_ops.stack.audit import BENCHMARK
 
-    return {"benchmark": BENCHMARK, "file": file, "findings": [f.to_dict() for f in findings]}
+    # `accepted` is always present (empty when nothing is accepted), so a reader can rely on it.
+    return {
+        "benchmark": BENCHMARK,
+        "file": file,
+        "findings": [f.to_dict() for f in findings],
+        "accepted": [a.to_dict() for a in accepted],
+    }
 
 
 def _audit_human(d: dict) -> str:
-    if not d["findings"]:
+    accepted = d.get("accepted") or []
+    if not d["findings"] and not accepted:
         return f"{d['file']}: no findings ({d['benchmark']})"
     lines = [f"{d['file']}: audited against {d['benchmark']}"]
+    if not d["findings"]:
+        lines.append("no open findings")
     lines += [
-        f"{f['severity']:<6} {f['rule']:<16} {f['service'] or '(file)':<22} {f['message']}" for f in d["findings"]
+        f"{f['severity']:<6} {f['rule']:<18} {f['service'] or '(file)':<22} {f['message']}" for f in d["findings"]
     ]
+    if accepted:
+        lines.append(f"accepted ({len(accepted)}, not blocking; each by its service's x-idp-audit-accept):")
+        for a in accepted:
+            lines.append(f"{a['severity']:<6} {a['rule']:<18} {a['service']:<22} {a['message']}")
+            lines.append(f"{'':<6} {'':<18} {'':<22} accepted because: {a['reason']}")
     return "\n".join(lines)
 
 
 def cmd_audit_compose(args: argparse.Namespace) -> int:
-    from idp_ops.stack.audit import audit_compose_file, deploy_environment, has_high
+    from idp_ops.stack.audit import audit_compose_file_result, deploy_environment, has_high
 
     # Judged with the values a deploy would interpolate (settings, environment, .env).
     environment = deploy_environment(load_settings(args.config), compose_file=args.file)
-    findings = audit_compose_file(Path(args.file), environment)
-    emit(args, _audit_data(args.file, findings), _audit_human)
-    return 1 if has_high(findings) else 0
+    result = audit_compose_file_result(Path(args.file), environment)
+    emit(args, _audit_data(args.file, result.findings, result.accepted), _audit_human)
+    return 1 if has_high(result.findings) else 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from idp_ops.stack.audit import AuditGateError, audit_gate
+    from idp_ops.stack.audit import AuditGateError, audit_gate_result
     from idp_ops.stack.deploy import deploy
 
     settings = load_settings(args.config)
     log = progress(args)
     # The gate deploy_job runs (compose_audit + its blocking check), before anything starts.
     try:
-        findings = audit_gate(settings)
+        audited = audit_gate_result(settings)
     except AuditGateError as refused:
         print(f"idp-ops: {refused}", file=sys.stderr)
-        emit(args, {**_audit_data(str(settings.compose_file), refused.findings), "deployed": False}, _audit_human)
+        data = _audit_data(str(settings.compose_file), refused.findings, refused.accepted)
+        emit(args, {**data, "deployed": False}, _audit_human)
         return 1
-    log(f"audit of {settings.compose_file.name}: {len(findings)} finding(s), none high")
+    accepted = f", {len(audited.accepted)} accepted" if audited.accepted else ""
+    log(f"audit of {settings.compose_file.name}: {len(audited.findings)} finding(s), none high{accepted}")
     report = deploy(settings, log=log)
 
     def human(d: dict) -> str:

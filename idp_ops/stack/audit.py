@@ -14,6 +14,10 @@ secret rules reads it interpolated with the environment the deploy will use
 
 `audit_gate` is the deploy gate, shared by the `compose_audit` asset and
 `idp-ops deploy`: a high finding stops the deploy before anything starts.
+
+A service may accept one rule for itself, with a reason, in the compose file
+(`x-idp-audit-accept`, see audit_accept): the finding is then listed apart as
+accepted and does not block. Nothing switches a rule off for the whole file.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from idp_ops.errors import ProblemFound
+from idp_ops.stack.audit_accept import (
+    ACCEPT_KEY,
+    INVALID_RULE,
+    UNUSED_RULE,
+    Accepted,
+    read_acceptances,
+    split_findings,
+    top_level_problems,
+)
 from idp_ops.stack.audit_load import (
     ComposeFileError,
     assemble,
@@ -43,14 +56,20 @@ if TYPE_CHECKING:
     from idp_ops.settings import Settings
 
 __all__ = [
+    "ACCEPT_KEY",
     "BENCHMARK",
     "RULES",
+    "Accepted",
     "AuditGateError",
+    "AuditResult",
     "ComposeFileError",
     "Finding",
     "audit_compose",
     "audit_compose_file",
+    "audit_compose_file_result",
+    "audit_compose_result",
     "audit_gate",
+    "audit_gate_result",
     "deploy_environment",
     "has_high",
     "load_compose_file",
@@ -87,9 +106,13 @@ RULES: dict[str, tuple[str, str]] = {
     "IDP-MODEL-RW": ("high", "models volume mounted writable"),
     "IDP-ROOT": ("medium", "container runs as root"),
     "IDP-LOGGING": ("low", "no log rotation"),
+    # About the service's own x-idp-audit-accept entries (audit_accept).
+    INVALID_RULE: ("high", "audit acceptance without a reason, of an unknown rule, or not on a service"),
+    UNUSED_RULE: ("note", "audit acceptance that matches no finding"),
 }
 
-SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2}
+# "note" is below low: worth reading, never a problem in itself.
+SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2, "note": 3}
 
 
 @dataclass(frozen=True)
@@ -616,10 +639,27 @@ def _rule_key(rule: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rule)]
 
 
-def audit_compose(
+@dataclass(frozen=True)
+class AuditResult:
+    """The open findings (what the gate judges) and, apart, the findings a service accepted."""
+
+    findings: list[Finding]
+    accepted: list[Accepted]
+
+
+def _finding(service: str, rule: str, message: str) -> Finding:
+    return Finding(service=service, rule=rule, severity=RULES[rule][0], message=message)
+
+
+def _sort_key(f: Finding | Accepted) -> tuple:
+    return (SEVERITY_RANK[f.severity], f.service, _rule_key(f.rule), f.message)
+
+
+def audit_compose_result(
     model: dict, environment: Mapping[str, str] | None = None, *, base_dir: str | Path | None = None
-) -> list[Finding]:
-    """Findings for a compose model, judged with `environment` (unset variables take their defaults).
+) -> AuditResult:
+    """Findings for a compose model, judged with `environment` (unset variables take their defaults),
+    with the ones each service accepts (x-idp-audit-accept) set apart.
 
     `base_dir` is the project directory relative host paths resolve against.
     """
@@ -628,27 +668,39 @@ def audit_compose(
     resolved = interpolate_values(assembled, env)
     named_volumes = resolved.get("volumes") if isinstance(resolved.get("volumes"), dict) else {}
     resolved_services = services_of(resolved)
-    findings = [
-        Finding(service=name, rule=rule, severity=RULES[rule][0], message=message)
-        for name, raw in services_of(assembled).items()
-        for check in CHECKS
-        for rule, message in check(
-            Service(name, raw, resolved_services[name], named_volumes, Path(base_dir) if base_dir else None)
-        )
-    ]
-    return sorted(
-        findings,
-        key=lambda f: (SEVERITY_RANK[f.severity], f.service, _rule_key(f.rule), f.message),
-    )
+    findings, acceptances = [], []
+    for name, raw in services_of(assembled).items():
+        svc = Service(name, raw, resolved_services[name], named_volumes, Path(base_dir) if base_dir else None)
+        findings += [_finding(name, rule, message) for check in CHECKS for rule, message in check(svc)]
+        # Read as written: the rule id and the reason are not interpolated.
+        valid, problems = read_acceptances(name, raw, RULES)
+        acceptances += valid
+        findings += [_finding(name, rule, message) for rule, message in problems]
+    findings += [_finding("", rule, message) for rule, message in top_level_problems(assembled)]
+    split = split_findings(findings, acceptances)
+    findings = split.open + [_finding(service, UNUSED_RULE, message) for service, _, message in split.unused]
+    return AuditResult(sorted(findings, key=_sort_key), sorted(split.accepted, key=_sort_key))
+
+
+def audit_compose(
+    model: dict, environment: Mapping[str, str] | None = None, *, base_dir: str | Path | None = None
+) -> list[Finding]:
+    """The open findings of audit_compose_result: accepted ones are not among them."""
+    return audit_compose_result(model, environment, base_dir=base_dir).findings
+
+
+def audit_compose_file_result(path: str | Path, environment: Mapping[str, str] | None = None) -> AuditResult:
+    path = Path(path)
+    model = load_compose_file(path, environment)
+    return audit_compose_result(model, environment, base_dir=path.absolute().parent)
 
 
 def audit_compose_file(path: str | Path, environment: Mapping[str, str] | None = None) -> list[Finding]:
-    path = Path(path)
-    model = load_compose_file(path, environment)
-    return audit_compose(model, environment, base_dir=path.absolute().parent)
+    return audit_compose_file_result(path, environment).findings
 
 
 def has_high(findings: Iterable[Finding]) -> bool:
+    """A high finding that blocks. Accepted findings never reach here: they are kept apart."""
     return any(f.severity == "high" for f in findings)
 
 
@@ -658,9 +710,10 @@ def has_high(findings: Iterable[Finding]) -> bool:
 class AuditGateError(ProblemFound, RuntimeError):
     """High findings in the compose file: the deploy must not start. Carries every finding."""
 
-    def __init__(self, compose_file: Path, findings: list[Finding]):
+    def __init__(self, compose_file: Path, findings: list[Finding], accepted: list[Accepted] | None = None):
         self.compose_file = compose_file
         self.findings = findings
+        self.accepted = list(accepted or [])
         self.high = [f for f in findings if f.severity == "high"]
         lines = "\n".join(f"  - {f.service}: {f.rule} {f.message}" for f in self.high)
         super().__init__(
@@ -668,13 +721,19 @@ class AuditGateError(ProblemFound, RuntimeError):
         )
 
 
-def audit_gate(settings: Settings) -> list[Finding]:
+def audit_gate_result(settings: Settings) -> AuditResult:
     """Audit the compose file the deploy will run, with the values the deploy will give it.
 
-    Returns the findings when none is high; raises AuditGateError (carrying
-    them all) when one is; ComposeFileError when the file cannot be judged.
+    Returns the result when no open finding is high (accepted ones do not
+    count); raises AuditGateError (carrying every finding, accepted ones
+    included) when one is; ComposeFileError when the file cannot be judged.
     """
-    findings = audit_compose_file(settings.compose_file, deploy_environment(settings))
-    if has_high(findings):
-        raise AuditGateError(settings.compose_file, findings)
-    return findings
+    result = audit_compose_file_result(settings.compose_file, deploy_environment(settings))
+    if has_high(result.findings):
+        raise AuditGateError(settings.compose_file, result.findings, result.accepted)
+    return result
+
+
+def audit_gate(settings: Settings) -> list[Finding]:
+    """audit_gate_result's open findings."""
+    return audit_gate_result(settings).findings

@@ -26,7 +26,7 @@ from dagster import (
 
 from idp_ops.resources import SettingsResource, StackResource
 from idp_ops.runs import CONTAINMENT_TAGS, STACK_EXCLUSIVE_TAG
-from idp_ops.stack.audit import BENCHMARK, AuditGateError, ComposeFileError, audit_gate
+from idp_ops.stack.audit import BENCHMARK, AuditGateError, ComposeFileError, audit_gate_result
 from idp_ops.stack.compose import ComposeError
 from idp_ops.stack.deploy import ContainmentError, DeployError
 from idp_ops.stack.probe import ProbeError
@@ -83,9 +83,10 @@ def compose_audit(context: AssetExecutionContext, settings: SettingsResource) ->
     cfg = settings.load()
     # The same gate `idp-ops deploy` runs; here a refusal is recorded as a failed blocking check.
     try:
-        findings = audit_gate(cfg)
+        audited = audit_gate_result(cfg)
+        findings, accepted = audited.findings, audited.accepted
     except AuditGateError as refused:
-        findings = refused.findings
+        findings, accepted = refused.findings, refused.accepted
     except ComposeFileError as exc:
         raise Failure(description=f"cannot audit {cfg.compose_file}: {exc}") from None
     counts = {level: sum(1 for f in findings if f.severity == level) for level in ("high", "medium", "low")}
@@ -103,6 +104,13 @@ def compose_audit(context: AssetExecutionContext, settings: SettingsResource) ->
             "high": counts["high"],
             "medium": counts["medium"],
             "low": counts["low"],
+            # Accepted by the service's own x-idp-audit-accept: not blocking, still on record with the reason.
+            "accepted": MetadataValue.md(
+                markdown_table([a.to_dict() for a in accepted], ["severity", "service", "rule", "message", "reason"])
+                if accepted
+                else "None."
+            ),
+            "accepted_count": len(accepted),
         },
         check_results=[
             AssetCheckResult(

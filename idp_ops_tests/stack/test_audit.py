@@ -24,6 +24,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # A planted fake key, assembled at run time so no key-shaped literal sits in the repository.
 SECRET = "sk-" + "abcdef0123456789ABCDEFxyz"
 DROP = object()
+ACCEPT = "x-idp-audit-accept"
 REVISION = "0123456789abcdef0123456789abcdef01234567"  # 40 hex: a pinned commit id
 
 
@@ -197,6 +198,26 @@ BAD_CASES = [
     ("logging-missing", {"logging": DROP}, "IDP-LOGGING", "logging"),
     ("logging-no-max-size", {"logging.options": {"max-file": "3"}}, "IDP-LOGGING", "max-size"),
     ("logging-local-no-options", {"logging": {"driver": "local"}}, "IDP-LOGGING", "local"),
+    # A service's own x-idp-audit-accept is checked too (the hardened service triggers no rule).
+    ("accept-no-reason", {ACCEPT: [{"rule": "CIS-5.32"}]}, "IDP-ACCEPT-INVALID", "without a reason"),
+    ("accept-blank-reason", {ACCEPT: [{"rule": "CIS-5.32", "reason": "  "}]}, "IDP-ACCEPT-INVALID", "without a reason"),
+    ("accept-unknown-rule", {ACCEPT: [{"rule": "CIS-5.99", "reason": "r"}]}, "IDP-ACCEPT-INVALID", "'CIS-5.99'"),
+    ("accept-no-rule", {ACCEPT: [{"reason": "because"}]}, "IDP-ACCEPT-INVALID", "names no rule"),
+    ("accept-not-a-list", {ACCEPT: {"rule": "CIS-5.32", "reason": "r"}}, "IDP-ACCEPT-INVALID", "must be a list"),
+    ("accept-entry-string", {ACCEPT: ["CIS-5.32"]}, "IDP-ACCEPT-INVALID", "must be a mapping"),
+    (
+        "accept-narrowing-key",
+        {ACCEPT: [{"rule": "CIS-5.6", "reason": "r", "target": "/etc"}]},
+        "IDP-ACCEPT-INVALID",
+        "unknown key(s) ['target']",
+    ),
+    (
+        "accept-itself",
+        {ACCEPT: [{"rule": "IDP-ACCEPT-INVALID", "reason": "r"}]},
+        "IDP-ACCEPT-INVALID",
+        "about acceptances themselves",
+    ),
+    ("accept-unused", {ACCEPT: [{"rule": "CIS-5.32", "reason": "r"}]}, "IDP-ACCEPT-UNUSED", "does not trigger it"),
 ]
 
 # Root-equivalent settings (issue 9, item 12): each is high and named in the message.
@@ -365,6 +386,8 @@ PROMISED_SEVERITY = [
     ("IDP-MODEL-RW", "high", "models-rw-short"),
     ("IDP-ROOT", "medium", "user-0:0"),
     ("IDP-LOGGING", "low", "logging-missing"),
+    ("IDP-ACCEPT-INVALID", "high", "accept-no-reason"),
+    ("IDP-ACCEPT-UNUSED", "note", "accept-unused"),
 ]
 CHANGES_BY_CASE = {case_id: changes for case_id, changes, _, _ in BAD_CASES}
 
@@ -617,7 +640,8 @@ def test_finding_to_dict(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no idp-ops.yaml here: default settings
     assert cli_main(["audit-compose", str(path), "--json"]) == 1  # a high finding
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"benchmark", "file", "findings"} and printed["file"] == str(path)
+    assert set(printed) == {"benchmark", "file", "findings", "accepted"} and printed["file"] == str(path)
+    assert printed["accepted"] == []  # added key: always present, empty when the file accepts nothing
     assert printed["findings"], "the planted problems are reported"
     for item in printed["findings"]:
         assert list(item) == ["service", "rule", "severity", "message"]

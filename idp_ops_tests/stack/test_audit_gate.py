@@ -3,12 +3,15 @@ deploy's own values, and the one gate the Dagster asset and `idp-ops deploy` sha
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from idp_ops.cli.main import main as cli_main
 from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.audit import (
     BENCHMARK,
@@ -16,12 +19,15 @@ from idp_ops.stack.audit import (
     ComposeFileError,
     audit_compose,
     audit_compose_file,
+    audit_compose_file_result,
     audit_gate,
+    audit_gate_result,
     deploy_environment,
     has_high,
     load_compose_file,
 )
 from idp_ops.stack.audit_load import interpolate, merge_service
+from idp_ops.stack.compose import find_compose_command
 
 COMPOSE_DIR = REPO_ROOT / "compose"
 
@@ -352,3 +358,208 @@ def test_an_included_file_may_hold_no_services(tmp_path):
     model = load_compose_file(path)
     assert set(model["services"]) == {"s"} and "inference" in model["networks"]
     assert audit_compose_file(path) == []
+
+
+# --- reasoned, per-service acceptances (x-idp-audit-accept) ---------------------
+
+SOCKET = "/var/run/docker.sock:/var/run/docker.sock"
+WHY = "the DockerRunLauncher starts every run as a container: it needs the Docker API"
+
+
+def with_socket(accept: list | None = None, **more) -> dict:
+    svc = {**HARDENED, "volumes": [SOCKET], **more}
+    if accept is not None:
+        svc["x-idp-audit-accept"] = accept
+    return svc
+
+
+def gate_settings(tmp_path: Path, compose: Path):
+    return load_settings(settings_file(tmp_path, compose_file=str(compose), service_uid=1000, service_gid=1000))
+
+
+def test_an_accepted_docker_socket_passes_the_gate_and_is_listed_with_its_reason(tmp_path):
+    compose = write(
+        tmp_path / "docker-compose.yml", {"services": {"daemon": with_socket([{"rule": "CIS-5.32", "reason": WHY}])}}
+    )
+    # Without the acceptance the same service is refused: the acceptance is what lets it through.
+    unaccepted = write(tmp_path / "plain" / "docker-compose.yml", {"services": {"daemon": with_socket()}})
+    with pytest.raises(AuditGateError):
+        audit_gate(gate_settings(tmp_path, unaccepted))
+
+    result = audit_gate_result(gate_settings(tmp_path, compose))
+    assert result.findings == [] and audit_gate(gate_settings(tmp_path, compose)) == []
+    (accepted,) = result.accepted
+    assert (accepted.service, accepted.rule, accepted.severity, accepted.status) == (
+        "daemon",
+        "CIS-5.32",
+        "high",
+        "accepted",
+    )
+    assert accepted.reason == WHY and "/var/run/docker.sock" in accepted.message
+    assert list(accepted.to_dict()) == ["service", "rule", "severity", "message", "status", "reason"]
+
+
+def test_the_same_mount_on_a_second_service_without_an_acceptance_blocks(tmp_path):
+    compose = write(
+        tmp_path / "docker-compose.yml",
+        {
+            "services": {
+                "daemon": with_socket([{"rule": "CIS-5.32", "reason": WHY}]),
+                "webserver": with_socket(),
+            }
+        },
+    )
+    with pytest.raises(AuditGateError) as info:
+        audit_gate(gate_settings(tmp_path, compose))
+    error = info.value
+    assert [(f.service, f.rule) for f in error.high] == [("webserver", "CIS-5.32")]
+    assert "daemon" not in str(error)
+    # The refusal still carries the accepted one, so the record shows it.
+    assert [(a.service, a.rule, a.reason) for a in error.accepted] == [("daemon", "CIS-5.32", WHY)]
+
+
+def test_an_acceptance_covers_only_its_own_rule(tmp_path):
+    # daemon accepts the socket, not /etc: the sensitive mount still blocks.
+    daemon = with_socket([{"rule": "CIS-5.32", "reason": WHY}])
+    daemon["volumes"] = [SOCKET, "/etc:/host-etc:ro"]
+    result = audit_compose_file_result(write(tmp_path / "docker-compose.yml", {"services": {"daemon": daemon}}))
+    assert [(f.service, f.rule) for f in result.findings] == [("daemon", "CIS-5.6")]
+    assert [(a.service, a.rule) for a in result.accepted] == [("daemon", "CIS-5.32")]
+
+
+@pytest.mark.parametrize(
+    ("accept", "named"),
+    [
+        pytest.param([{"rule": "CIS-5.32"}], "without a reason", id="missing-reason"),
+        pytest.param([{"rule": "CIS-5.32", "reason": ""}], "without a reason", id="empty-reason"),
+        pytest.param([{"rule": "CIS-5.32", "reason": None}], "without a reason", id="null-reason"),
+        pytest.param([{"rule": "CIS-532", "reason": WHY}], "unknown rule 'CIS-532'", id="unknown-rule"),
+    ],
+)
+def test_a_broken_acceptance_is_a_high_finding_and_accepts_nothing(tmp_path, accept, named):
+    compose = write(tmp_path / "docker-compose.yml", {"services": {"daemon": with_socket(accept)}})
+    with pytest.raises(AuditGateError) as info:
+        audit_gate(gate_settings(tmp_path, compose))
+    error = info.value
+    assert {(f.service, f.rule) for f in error.high} == {("daemon", "CIS-5.32"), ("daemon", "IDP-ACCEPT-INVALID")}
+    (invalid,) = [f for f in error.high if f.rule == "IDP-ACCEPT-INVALID"]
+    assert named in invalid.message and invalid.severity == "high"
+    assert error.accepted == []
+
+
+def test_an_unused_acceptance_is_a_note_that_does_not_block(tmp_path):
+    compose = write(
+        tmp_path / "docker-compose.yml",
+        {"services": {"daemon": {**HARDENED, "x-idp-audit-accept": [{"rule": "CIS-5.32", "reason": WHY}]}}},
+    )
+    findings = audit_gate(gate_settings(tmp_path, compose))
+    assert [(f.service, f.rule, f.severity) for f in findings] == [("daemon", "IDP-ACCEPT-UNUSED", "note")]
+    assert not has_high(findings)
+
+
+def test_a_top_level_acceptance_is_refused_and_silences_nothing(tmp_path):
+    compose = write(
+        tmp_path / "docker-compose.yml",
+        {"x-idp-audit-accept": [{"rule": "CIS-5.32", "reason": WHY}], "services": {"daemon": with_socket()}},
+    )
+    result = audit_compose_file_result(compose)
+    assert {(f.service, f.rule) for f in result.findings} == {("daemon", "CIS-5.32"), ("", "IDP-ACCEPT-INVALID")}
+    assert result.accepted == []
+
+
+def test_the_acceptance_follows_the_service_through_extends_as_compose_merges_it(tmp_path):
+    # The base (another file) mounts the socket and accepts it; the extending service adds its own
+    # acceptance for a sensitive mount of its own. Compose appends x- lists through extends.
+    write(
+        tmp_path / "base" / "docker-client.yml",
+        {"services": {"docker-client": with_socket([{"rule": "CIS-5.32", "reason": WHY}])}},
+    )
+    compose = write(
+        tmp_path / "docker-compose.yml",
+        {
+            "services": {
+                "daemon": {
+                    "extends": {"file": "base/docker-client.yml", "service": "docker-client"},
+                    "volumes": ["/etc/ssl/certs:/etc/ssl/certs:ro"],
+                    "x-idp-audit-accept": [{"rule": "CIS-5.6", "reason": "the CA bundle for the registry"}],
+                },
+                # Extends without an acceptance of its own still carries the base's: what compose runs.
+                "runner": {"extends": {"file": "base/docker-client.yml", "service": "docker-client"}},
+                # The same socket written by hand, no acceptance: still fires.
+                "webserver": with_socket(),
+            }
+        },
+    )
+    result = audit_compose_file_result(compose)
+    assert [(f.service, f.rule) for f in result.findings] == [("webserver", "CIS-5.32")]
+    assert sorted((a.service, a.rule, a.reason) for a in result.accepted) == [
+        ("daemon", "CIS-5.32", WHY),
+        ("daemon", "CIS-5.6", "the CA bundle for the registry"),
+        ("runner", "CIS-5.32", WHY),
+    ]
+
+    # Cross-check with compose itself: the resolved config keeps the x- key in the service,
+    # with the same entries our assembly judged. (YAML output: Compose v5.6.1's `--format json`
+    # drops service-level x- keys, which is why the audit reads its own assembly, not compose's.)
+    ours = load_compose_file(compose)["services"]
+    out = subprocess.run(
+        [*find_compose_command(), "-f", str(compose), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=True,
+    )
+    theirs = yaml.safe_load(out.stdout)["services"]
+    for name in ("daemon", "runner", "webserver"):
+        assert theirs[name].get("x-idp-audit-accept") == ours[name].get("x-idp-audit-accept"), name
+
+
+def test_audit_compose_prints_accepted_findings_apart(tmp_path, monkeypatch, capsys):
+    compose = write(
+        tmp_path / "docker-compose.yml", {"services": {"daemon": with_socket([{"rule": "CIS-5.32", "reason": WHY}])}}
+    )
+    monkeypatch.chdir(tmp_path)  # no idp-ops.yaml here: default settings
+    assert cli_main(["audit-compose", str(compose), "--json"]) == 0  # accepted: not a refusal
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["findings"] == []
+    assert printed["accepted"] == [
+        {
+            "service": "daemon",
+            "rule": "CIS-5.32",
+            "severity": "high",
+            "message": printed["accepted"][0]["message"],
+            "status": "accepted",
+            "reason": WHY,
+        }
+    ]
+    assert cli_main(["audit-compose", str(compose)]) == 0
+    human = capsys.readouterr().out
+    assert "accepted (1" in human and "CIS-5.32" in human and f"accepted because: {WHY}" in human
+    assert "no findings" not in human  # an accepted high finding is still shown, not hidden
+
+    # A second, unaccepted socket: exit 1, the open finding listed, the accepted one still apart.
+    write(compose, {"services": {"daemon": with_socket([{"rule": "CIS-5.32", "reason": WHY}]), "web": with_socket()}})
+    assert cli_main(["audit-compose", str(compose), "--json"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert [(f["service"], f["rule"]) for f in printed["findings"]] == [("web", "CIS-5.32")]
+    assert [(a["service"], a["status"]) for a in printed["accepted"]] == [("daemon", "accepted")]
+
+
+def test_compose_audit_asset_records_the_accepted_findings(tmp_path):
+    from dagster import materialize
+
+    from idp_ops.resources import SettingsResource
+    from idp_ops.stack.defs import compose_audit
+
+    compose = write(
+        tmp_path / "docker-compose.yml", {"services": {"daemon": with_socket([{"rule": "CIS-5.32", "reason": WHY}])}}
+    )
+    config = settings_file(tmp_path, compose_file=str(compose), service_uid=1000, service_gid=1000)
+    result = materialize([compose_audit], resources={"settings": SettingsResource(config_file=str(config))})
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "no_high_findings" and check.passed
+    (materialization,) = result.asset_materializations_for_node("compose_audit")
+    metadata = materialization.metadata
+    assert metadata["high"].value == 0 and metadata["accepted_count"].value == 1
+    assert "CIS-5.32" in metadata["accepted"].value and WHY in metadata["accepted"].value

@@ -193,6 +193,35 @@ def test_a_model_that_fails_to_load_rolls_back_and_the_endpoint_still_answers(bo
 
 @pytest.mark.docker
 @pytest.mark.model
+def test_when_the_rollback_fails_too_the_result_says_the_endpoint_serves_nothing(box):
+    """The previous model's file vanishes while the switch runs (a disk unmounted under it): the new model
+    fails to load and the way back fails too. The outcome is rollback_failed, loud, and recorded."""
+    settings = fresh(box)
+    gemma = settings.models_dir / DEMO_MODEL_FILE
+    parked = gemma.with_name("parked.gguf.hidden")
+    said: list[str] = []
+
+    def progress(line: str) -> None:
+        said.append(line)
+        if line.startswith("switch: selection written"):
+            gemma.rename(parked)  # after preflight, before the recreate
+
+    try:
+        result = switch_model(settings, ENDPOINT, "tiny-broken.gguf", progress=progress, ready_timeout_s=60)
+        assert result.outcome == "rollback_failed"
+        assert result.message.startswith(f"ROLLBACK FAILED: {ENDPOINT} is serving nothing")
+        assert DEMO_MODEL_FILE in result.message and "idp-ops deploy" in result.message
+        assert switches(settings)[-1][1] == "rollback_failed"
+        assert said[-1].startswith("rollback_failed: ROLLBACK FAILED")
+    finally:
+        if parked.exists():
+            parked.rename(gemma)
+        compose_project(settings).up([ENDPOINT], force_recreate=True, timeout=180)
+    assert serving(fresh(box)) == {"path": f"/models/{DEMO_MODEL_FILE}", "id": "gemma-3-270m", "status": 200}
+
+
+@pytest.mark.docker
+@pytest.mark.model
 def test_refusals_in_preflight_recreate_nothing(box):
     settings = fresh(box)
     before = container(settings)

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from idp_ops.errors import IdpOpsError
+
+if TYPE_CHECKING:
+    from idp_ops.stack.engine import DockerEngine
 
 ProfileName = Literal["cpu", "gpu", "expert"]
 Protocol = Literal["openai", "llamacpp"]
@@ -531,6 +534,11 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     deploy_timeout_s: int = Field(300, ge=10)
     stop_timeout_s: int = Field(10, ge=0)
+    # The box's Docker engine (idp_ops/stack/engine.py): unix:///PATH, ssh://USER@HOST or tcp://HOST:2376
+    # with TLS. It wins over an inherited DOCKER_HOST; None: that, else docker's default.
+    docker_host: str | None = None
+    docker_tls_verify: bool = False
+    docker_cert_path: Path | None = None
 
     endpoints: list[Endpoint] | None = None
     # Services containment stops; default: those of endpoints with gpu=True.
@@ -550,6 +558,21 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value not in HARDWARE_PROFILES:
             raise ValueError(f"unknown profile {value!r}; known: {sorted(HARDWARE_PROFILES)} (or give a mapping)")
         return value
+
+    @field_validator("docker_host")
+    @classmethod
+    def _engine_host(cls, value: str | None) -> str | None:
+        from idp_ops.stack.engine import check_docker_host
+
+        return check_docker_host(value)
+
+    @field_validator("docker_tls_verify", "docker_cert_path")
+    @classmethod
+    def _engine_tls(cls, value: Any, info: ValidationInfo) -> Any:
+        from idp_ops.stack.engine import check_tls
+
+        check_tls(info.data.get("docker_host"), bool(value), field=info.field_name)
+        return value.expanduser().resolve() if isinstance(value, Path) else value
 
     @field_validator("endpoints")
     @classmethod
@@ -595,6 +618,13 @@ class Settings(BaseSettings):
         return self
 
     # -- derived -------------------------------------------------------------
+    @property
+    def docker_engine(self) -> DockerEngine:
+        """The engine every docker/compose call of this location drives."""
+        from idp_ops.stack.engine import DockerEngine
+
+        return DockerEngine(self.docker_host, self.docker_tls_verify, self.docker_cert_path)
+
     @property
     def hardware(self) -> HardwareProfile:
         assert isinstance(self.hardware_profile, HardwareProfile)

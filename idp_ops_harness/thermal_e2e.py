@@ -61,7 +61,7 @@ def wait_until_contained(settings: Settings, timeout_s: float, alive=lambda: Non
             alerts = [json.loads(line) for line in settings.alerts_log.read_text().splitlines()]
             contain = next(a for a in alerts if a["action"] == "contain")
             detected = datetime.fromisoformat(contain["timestamp"])
-            stopped = container_time(states[service].container, "FinishedAt")
+            stopped = container_time(states[service].container, "FinishedAt", engine=project.engine)
             return ContainmentTiming(detected, stopped, (stopped - detected).total_seconds(), contain)
         time.sleep(0.5)
     raise AssertionError(f"{service} still running after {timeout_s:.0f} s")

@@ -153,15 +153,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     from idp_ops.stack.deploy import compose_project, read_latch
 
     settings = load_settings(args.config)
-    states = compose_project(settings).ps()
+    project = compose_project(settings)
+    states = project.ps()
     data = {
         "project": settings.compose_project,
         "services": [asdict(s) for s in states],
         "containment": read_latch(settings),
+        "engine": project.engine.describe(),  # which box's dockerd was asked (no secrets)
     }
 
     def human(d: dict) -> str:
-        lines = [f"project {d['project']}"]
+        lines = [f"project {d['project']} on engine {d['engine']['host']} ({d['engine']['source']})"]
         lines += [f"  {s['service']:<22} {s['state']:<10} {s['health']}" for s in d["services"]] or [
             "  (no containers)"
         ]

@@ -123,10 +123,9 @@ def served_model_name(url: str, key: str | None) -> str | None:
 # -- recreate, wait, prove ----------------------------------------------------------------
 
 
-def _container_state(container: str) -> dict:
-    from idp_ops.stack.compose import docker_cli
-
-    result = docker_cli("inspect", "--format", "{{json .State}}|{{.RestartCount}}", container)
+def _container_state(project, container: str) -> dict:
+    # Through the project: the switched service lives on the location's own engine.
+    result = project.docker("inspect", "--format", "{{json .State}}|{{.RestartCount}}", container)
     if result.returncode != 0:
         return {"Status": "gone", "RestartCount": 0}
     state_json, _, restarts = result.stdout.strip().rpartition("|")
@@ -144,7 +143,7 @@ def _wait_ready(project, service: str, url: str, timeout_s: float) -> None:
     delay, last = 0.1, "no answer"
     with httpx.Client(timeout=5) as client:
         while True:
-            state = _container_state(containers[0])
+            state = _container_state(project, containers[0])
             if state.get("RestartCount", 0) >= CRASH_RESTARTS or state.get("Status") in ("exited", "dead", "gone"):
                 log = project.logs(service, tail=15).strip().splitlines()
                 reason = next((line for line in reversed(log) if "error" in line.lower()), log[-1] if log else "")

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from idp_ops.errors import IdpOpsError
+from idp_ops.stack.engine import DEFAULT_ENGINE, DockerEngine
 
 # What a failing `up` tends to print, turned into one line an operator can act on.
 _HINTS = [
@@ -41,7 +42,8 @@ _HINTS = [
     ),
     (
         re.compile(r"Cannot connect to the Docker daemon|docker daemon is not running|connect: no such file", re.I),
-        "dockerd is not reachable: start it (e.g. `systemctl start docker`) or check DOCKER_HOST",
+        "dockerd is not reachable: start it (e.g. `systemctl start docker`) or check the docker_host setting "
+        "(else DOCKER_HOST)",
     ),
     (
         re.compile(r"is unhealthy|dependency failed to start|container .* exited", re.I),
@@ -81,7 +83,7 @@ def _hint_for(stderr: str) -> str | None:
     return None
 
 
-def find_compose_command() -> list[str]:
+def find_compose_command(engine: DockerEngine = DEFAULT_ENGINE) -> list[str]:
     """The Compose v2 command line prefix, or ComposeError explaining what is missing."""
     candidates: list[list[str]] = []
     if shutil.which("docker"):
@@ -93,7 +95,10 @@ def find_compose_command() -> list[str]:
     seen_v1 = None
     for prefix in candidates:
         try:
-            out = subprocess.run(prefix + ["version", "--short"], capture_output=True, text=True, timeout=30)
+            # The engine's environment even here: the docker CLI contacts the daemon on `docker compose version`.
+            out = subprocess.run(
+                prefix + ["version", "--short"], capture_output=True, text=True, timeout=30, env=engine.environment()
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         version = out.stdout.strip().lstrip("v")
@@ -110,21 +115,29 @@ def find_compose_command() -> list[str]:
     )
 
 
-def check_docker(timeout: float = 20) -> str:
-    """Return the server version, or DockerUnavailable with the reason."""
+def check_docker(timeout: float = 20, *, engine: DockerEngine = DEFAULT_ENGINE) -> str:
+    """Return the server version of ``engine``, or DockerUnavailable with the reason."""
     if not shutil.which("docker"):
         raise DockerUnavailable("the docker CLI is not installed (apt-get install docker.io)")
+    missing = engine.missing_tls_files()
+    if missing:
+        raise DockerUnavailable(f"dockerd at {engine.label()} needs TLS client files that are missing: {missing}")
     try:
         out = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, timeout=timeout
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=engine.environment(),
         )
     except subprocess.TimeoutExpired:
-        raise DockerUnavailable(f"dockerd did not answer within {timeout:.0f} s") from None
+        raise DockerUnavailable(f"dockerd at {engine.label()} did not answer within {timeout:.0f} s") from None
     if out.returncode != 0 or not out.stdout.strip():
         raise DockerUnavailable(
-            "dockerd is not reachable",
+            f"dockerd at {engine.label()} is not reachable",
             stderr=out.stderr,
-            hint="start it (e.g. `systemctl start docker`, or `dockerd &` as root) or check DOCKER_HOST",
+            hint="start it (e.g. `systemctl start docker`, or `dockerd &` as root) or check the docker_host setting "
+            "(else DOCKER_HOST)",
         )
     return out.stdout.strip()
 
@@ -155,17 +168,20 @@ class ComposeProject:
         profiles: list[str] | None = None,
         environment: dict[str, str] | None = None,
         command: list[str] | None = None,
+        engine: DockerEngine = DEFAULT_ENGINE,
     ):
         self.compose_file = Path(compose_file)
         self.project_name = project_name
         self.profiles = list(profiles or [])
         self.environment = dict(environment or {})
         self._command = command
+        # Every compose and docker call of this project goes to this engine (the box's own dockerd).
+        self.engine = engine
 
     @property
     def command(self) -> list[str]:
         if self._command is None:
-            self._command = find_compose_command()
+            self._command = find_compose_command(self.engine)
         return self._command
 
     def _base(self) -> list[str]:
@@ -178,7 +194,8 @@ class ComposeProject:
         if not self.compose_file.is_file():
             raise ComposeError(f"compose file {self.compose_file} does not exist")
         argv = self._base() + list(args)
-        env = {**os.environ, **self.environment}
+        # The engine's variables last: an interpolation value must not redirect compose to another engine.
+        env = self.engine.environment({**os.environ, **self.environment})
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired as exc:
@@ -235,6 +252,10 @@ class ComposeProject:
         result = self.run("ps", "--all", "--format", "json", *(services or []), timeout=60)
         return [_service_state(row) for row in _json_rows(result.stdout)]
 
+    def docker(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """`docker ARGS` against this project's engine (inspect, events, …)."""
+        return docker_cli(*args, timeout=timeout, engine=self.engine)
+
     def logs(self, service: str, *, tail: int = 50) -> str:
         result = self.run("logs", "--no-color", "--tail", str(tail), service, timeout=60, check=False)
         return result.stdout + result.stderr
@@ -271,11 +292,15 @@ def _service_state(row: dict) -> ServiceState:
 DOCKER_CALL_TIMEOUT_S = 30.0
 
 
-def docker_cli(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run `docker ARGS` with a timeout; DockerUnavailable when dockerd does not answer in time."""
+def docker_cli(
+    *args: str, timeout: float | None = None, engine: DockerEngine = DEFAULT_ENGINE
+) -> subprocess.CompletedProcess:
+    """Run `docker ARGS` against ``engine`` with a timeout; DockerUnavailable when dockerd does not answer in time."""
     timeout = DOCKER_CALL_TIMEOUT_S if timeout is None else timeout
     try:
-        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["docker", *args], capture_output=True, text=True, timeout=timeout, env=engine.environment()
+        )
     except subprocess.TimeoutExpired:
         raise DockerUnavailable(
             f"`docker {args[0]}` did not answer within {timeout:.0f} s",
@@ -283,9 +308,11 @@ def docker_cli(*args: str, timeout: float | None = None) -> subprocess.Completed
         ) from None
 
 
-def container_time(container: str, field: str = "StartedAt") -> datetime | None:
+def container_time(
+    container: str, field: str = "StartedAt", *, engine: DockerEngine = DEFAULT_ENGINE
+) -> datetime | None:
     """A container's State.StartedAt or State.FinishedAt; None if unknown or never set."""
-    out = docker_cli("inspect", "--format", f"{{{{.State.{field}}}}}", container)
+    out = docker_cli("inspect", "--format", f"{{{{.State.{field}}}}}", container, engine=engine)
     if out.returncode != 0 or not out.stdout.strip() or out.stdout.startswith("0001-"):
         return None
     # Docker prints nanoseconds; Python's parser takes at most microseconds.
@@ -293,6 +320,6 @@ def container_time(container: str, field: str = "StartedAt") -> datetime | None:
     return datetime.fromisoformat(stamp)
 
 
-def image_id(image: str) -> str | None:
-    out = docker_cli("image", "inspect", "--format", "{{.Id}}", image)
+def image_id(image: str, *, engine: DockerEngine = DEFAULT_ENGINE) -> str | None:
+    out = docker_cli("image", "inspect", "--format", "{{.Id}}", image, engine=engine)
     return out.stdout.strip() if out.returncode == 0 else None

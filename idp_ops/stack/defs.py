@@ -155,6 +155,8 @@ def stack_deployment(context: AssetExecutionContext, stack: StackResource) -> Ma
         "up_seconds": report.up_seconds,
         "total_seconds": report.total_seconds,
         "containment_rearmed": report.rearmed,
+        # Which box's dockerd this location drove (docker_host; no secrets).
+        "docker_engine": MetadataValue.json(report.engine),
     }
     if not report.ok:
         raise Failure(description="deployment not proven:\n" + "\n".join(report.problems), metadata=metadata)
@@ -211,6 +213,7 @@ def stop_gpu_services(context: OpExecutionContext, config: ContainmentConfig, st
         "stop_seconds": report.stop_seconds,
         "contained_at": report.contained_at,
         "attempts": report.attempts,
+        "docker_engine": MetadataValue.json(report.engine),
     }
     context.log.warning(f"contained: {report.stopped} stopped in {report.stop_seconds:.2f} s; deploy again to re-arm")
     yield Output(report.as_dict(), metadata=metadata)

@@ -55,6 +55,7 @@ def compose_project(settings: Settings) -> ComposeProject:
         settings.compose_project,
         profiles=settings.compose_profiles,
         environment=settings.compose_environment(),
+        engine=settings.docker_engine,
     )
 
 
@@ -72,12 +73,14 @@ class DeployReport:
     rearmed: bool
     ok: bool
     problems: list[str] = field(default_factory=list)
+    # Which Docker engine the deploy drove (host without secrets, where the value came from).
+    engine: dict = field(default_factory=dict)
 
 
 def preflight(settings: Settings) -> list[str]:
     """Cheap checks that turn the commonest failures into one clear sentence each."""
     problems = []
-    check_docker()
+    check_docker(engine=settings.docker_engine)
     if settings.profile == "cpu":
         model = settings.models_dir / settings.cpu_model_file
         if not model.is_file():
@@ -115,7 +118,10 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
     project.config()  # first: a file compose cannot read is reported in compose's own words
     # Every caller passes the gate, not only the CLI and deploy_job (both also run it first).
     audit_gate(settings)
-    log(f"starting project {settings.compose_project} (profile {settings.profile}); waiting for healthchecks")
+    log(
+        f"starting project {settings.compose_project} (profile {settings.profile}) on engine "
+        f"{project.engine.label()}; waiting for healthchecks"
+    )
     stale = services_with_stale_keys(settings, project)
     # From here on the GPU service may run again, so the watch must protect it again;
     # the containment record itself stays until the whole deploy is proven.
@@ -144,7 +150,7 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
         )
         results.append(result)
 
-    services = [_service_row(state) for state in project.ps()]
+    services = [_service_row(state, project) for state in project.ps()]
     all_problems = [f"{r.endpoint}: {p}" for r in results for p in r.problems]
     all_problems += prove_router_listing(settings, router_plans, log=log)
     # Only a proven deploy closes the containment record; a failed one leaves it (re-armed).
@@ -161,6 +167,7 @@ def deploy(settings: Settings, *, log: Log = _quiet) -> DeployReport:
         rearmed=rearmed,
         ok=not all_problems,
         problems=all_problems,
+        engine=project.engine.describe(),
     )
 
 
@@ -173,21 +180,21 @@ def services_with_stale_keys(settings: Settings, project: ComposeProject) -> lis
         service = endpoint.compose_service
         if not key_file or not service or service not in containers or not key_file.exists():
             continue
-        started = container_time(containers[service], "StartedAt")
+        started = container_time(containers[service], "StartedAt", engine=project.engine)
         modified = datetime.fromtimestamp(key_file.stat().st_mtime, tz=UTC)
         if started is not None and modified > started and service not in stale:
             stale.append(service)
     return stale
 
 
-def _service_row(state: ServiceState) -> dict:
+def _service_row(state: ServiceState, project: ComposeProject) -> dict:
     return {
         "service": state.service,
         "container": state.container,
         "state": state.state,
         "health": state.health,
         "image": state.image,
-        "image_id": image_id(state.image),
+        "image_id": image_id(state.image, engine=project.engine),
         "ports": ", ".join(f"{p['host_ip']}:{p['published']}->{p['target']}" for p in state.ports),
     }
 
@@ -219,6 +226,8 @@ class ContainmentReport:
     ok: bool
     attempts: int = 1
     failed_attempts: list[str] = field(default_factory=list)
+    # The engine the stop went to: on a multi-box setup, which box's dockerd was asked.
+    engine: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -284,6 +293,7 @@ def contain(
         ok=True,
         attempts=len(failures) + 1,
         failed_attempts=failures,
+        engine=project.engine.describe(),
     )
     try:
         write_latch(settings, report.as_dict())

@@ -313,7 +313,10 @@ def load_test_results(context: AssetExecutionContext, settings: SettingsResource
     # One watch over every endpoint's container for the whole load test: memory is the host's,
     # so one endpoint's load can OOM another's container.
     watch = OomWatch(
-        cfg.compose_project, [e.compose_service for e in endpoints if e.compose_service], interval_s=v.oom_interval_s
+        cfg.compose_project,
+        [e.compose_service for e in endpoints if e.compose_service],
+        interval_s=v.oom_interval_s,
+        engine=cfg.docker_engine,
     )
     with watch:
         _load_every_endpoint(context, cfg, night, endpoints, rows, failing)

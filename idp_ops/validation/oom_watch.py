@@ -28,10 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from idp_ops.stack.compose import DockerUnavailable, docker_cli
+from idp_ops.stack.engine import DEFAULT_ENGINE, DockerEngine
 
 DEFAULT_INTERVAL_S = 5.0
 # What servers print when an allocation fails in-process (CUDA, llama.cpp/ggml, vLLM/torch, C++).
@@ -228,11 +230,15 @@ class OomWatch:
         scan_logs: bool = True,
         proc_root: Path = Path("/proc"),
         cgroup_root: Path = Path("/sys/fs/cgroup"),
+        engine: DockerEngine = DEFAULT_ENGINE,
     ):
         self.project = project
         self.services = list(dict.fromkeys(services))
         self.interval_s = interval_s
-        self._docker = docker
+        # The location's engine, unless a caller hands in its own docker function.
+        self._docker = partial(docker_cli, engine=engine) if docker is docker_cli else docker
+        # A remote engine's PIDs are not ours: reading /proc/<pid> here would find another process.
+        self._read_cgroups = engine.is_local
         self._scan_logs = scan_logs
         self._roots = {"proc_root": proc_root, "cgroup_root": cgroup_root}
         self._tracks: dict[str, _Track] = {}  # by container id
@@ -346,7 +352,7 @@ class OomWatch:
             track.oom_killed_at.append(finished)
         if look["status"] in ("exited", "dead", "restarting") and look["exit_code"]:
             track.exits[finished] = look["exit_code"]
-        if look["pid"] > 0 and look["status"] == "running":
+        if self._read_cgroups and look["pid"] > 0 and look["status"] == "running":
             counter = read_oom_kill(look["pid"], cid, **self._roots)
             if counter is not None:
                 first_last = track.cgroup.setdefault(look["started_at"] or "", [counter, counter])
@@ -472,7 +478,9 @@ class OomWatch:
                 "exit_code": t.last["exit_code"],
                 "cgroup_oom_kill": dict(t.cgroup) or None,
             }
-        if self._tracks and not any(t.cgroup for t in self._tracks.values()):
+        if not self._read_cgroups:
+            self._notes.append("the cgroup oom_kill counter is not read: the Docker engine is on another machine")
+        elif self._tracks and not any(t.cgroup for t in self._tracks.values()):
             self._notes.append("the cgroup oom_kill counter was not readable for any container (other namespace?)")
         watched = {t.service for t in self._tracks.values()}
         return OomWatchResult(

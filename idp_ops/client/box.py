@@ -419,8 +419,9 @@ class AnswerStream:
             try:
                 async for item in source():
                     self._queue.put(item)
-            except asyncio.CancelledError:
-                pass
+            except asyncio.CancelledError:  # the caller closed the stream early: end it quietly
+                self._queue.put(_END)
+                return
             except BaseException as exc:  # handed to the caller's thread, raised there
                 self._queue.put(exc)
             self._queue.put(_END)

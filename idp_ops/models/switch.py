@@ -93,12 +93,13 @@ class SwitchResult:
 
 
 def served_model(url: str, key: str | None, *, timeout_s: float = 10) -> dict:
-    """{"model_path": /props model_path, "model_id": /v1/models first id, "aliases": [...]}; missing parts None.
+    """{"model_path": /props model_path, "model_id": /v1/models first id, "aliases": [...], "error": why
+    asking failed}; missing parts None.
 
     Also what the nightly benchmark records as ``served_model`` (the id, else the path).
     """
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    out: dict[str, Any] = {"model_path": None, "model_id": None, "aliases": []}
+    out: dict[str, Any] = {"model_path": None, "model_id": None, "aliases": [], "error": None}
     with httpx.Client(timeout=timeout_s, headers=headers) as client:
         try:
             props = client.get(f"{url}/props")
@@ -110,8 +111,8 @@ def served_model(url: str, key: str | None, *, timeout_s: float = 10) -> dict:
                 if data:
                     out["model_id"] = data[0].get("id")
                     out["aliases"] = list(data[0].get("aliases") or [])
-        except (httpx.HTTPError, ValueError):
-            pass
+        except (httpx.HTTPError, ValueError) as exc:  # unknown, and why: the proof says "wrong model" with it
+            out["error"] = f"{type(exc).__name__}: {exc}"
     return out
 
 
@@ -177,7 +178,10 @@ def _prove(endpoint, url: str, key: str | None, expect_path: str, expect_name: s
     served = served_model(url, key)
     names = {served["model_id"], *served["aliases"]}
     if served["model_path"] != expect_path:
-        raise SwitchFailed(f"wrong model served: /props model_path {served['model_path']!r}, expected {expect_path!r}")
+        asked = f" (asking failed: {served['error']})" if served["error"] else ""
+        raise SwitchFailed(
+            f"wrong model served: /props model_path {served['model_path']!r}, expected {expect_path!r}{asked}"
+        )
     if expect_name not in names:
         raise SwitchFailed(
             f"wrong model name served: /v1/models {sorted(n for n in names if n)}, expected {expect_name!r}"

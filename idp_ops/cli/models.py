@@ -60,7 +60,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from idp_ops.cli.main import emit, progress
-    from idp_ops.models.downloads import download_models
+    from idp_ops.history.database import HistoryError
+    from idp_ops.models.downloads import download_models, record_downloads
     from idp_ops.settings import load_settings
 
     settings = load_settings(args.config)
@@ -83,6 +84,10 @@ def cmd_download(args: argparse.Namespace) -> int:
         progress_interval_s=1.0,
     )
     data = {"models_dir": str(settings.models_dir), "results": [r.as_dict() for r in results]}
+    try:
+        record_downloads(settings.history_file, results)
+    except HistoryError as exc:  # the files are placed and verified either way
+        log(f"warning: downloads not recorded in history: {exc}")
 
     def human(d: dict) -> str:
         if not d["results"]:

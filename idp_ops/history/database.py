@@ -387,6 +387,32 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        7,
+        [
+            # Every model download attempt (models/downloads.py): what was asked (url without its query,
+            # or hf_repo + revision), the commit a Hub revision resolved to, what was verified and how.
+            """CREATE TABLE model_downloads (
+                finished_at TIMESTAMPTZ NOT NULL,
+                name VARCHAR NOT NULL,
+                target VARCHAR NOT NULL,
+                url VARCHAR,
+                hf_repo VARCHAR,
+                revision VARCHAR,
+                commit VARCHAR,
+                status VARCHAR NOT NULL,
+                verified_by VARCHAR,
+                sha256 VARCHAR,
+                size BIGINT,
+                bytes_downloaded BIGINT,
+                seconds DOUBLE,
+                attempts INTEGER,
+                resumed_from BIGINT,
+                files VARCHAR,
+                message VARCHAR
+            )""",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -23,7 +23,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from idp_ops.models.downloads import DownloadProgress, download_models
+from idp_ops.history.database import HistoryError
+from idp_ops.models.downloads import DownloadProgress, download_models, record_downloads
 from idp_ops.models.gguf_meta import ModelFile, ModelScanError, record_scan, scan_models
 from idp_ops.resources import SettingsResource
 from idp_ops.runs import HEAVY_TAG, STACK_EXCLUSIVE_TAG
@@ -54,6 +55,11 @@ def model_downloads(context: AssetExecutionContext, settings: SettingsResource) 
         log=context.log.info,
         progress=progress,
     )
+    try:
+        recorded = record_downloads(cfg.history_file, results)
+    except HistoryError as exc:  # the files are placed and verified either way; say the record is missing
+        context.log.warning(f"downloads not recorded in history: {exc}")
+        recorded = 0
     rows = [
         {
             "name": r.name,
@@ -78,6 +84,7 @@ def model_downloads(context: AssetExecutionContext, settings: SettingsResource) 
         "declared": len(results),
         **counts,
         "bytes_downloaded": sum(r.bytes_downloaded for r in results),
+        "recorded_in_history": recorded,
     }
     failed = [r for r in results if r.status == "failed"]
     if failed:

@@ -461,3 +461,37 @@ def _fsync_dir(directory: Path) -> None:
 def _without_query(url: httpx.URL) -> str:
     # A CDN redirect target carries a signed query string: a short-lived credential, not for logs.
     return str(url.copy_with(query=None))
+
+
+def record_downloads(history_file: Path, results: list[DownloadResult]) -> int:
+    """One row per attempt in DuckDB ``model_downloads`` (a URL's signed query string never stored)."""
+    import json
+    from datetime import UTC, datetime
+
+    from idp_ops.history import database as history
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "finished_at": now,
+            "name": r.name,
+            "target": r.target,
+            "url": _without_query(httpx.URL(r.url)) if r.url else None,
+            "hf_repo": r.hf_repo,
+            "revision": r.revision,
+            "commit": r.commit,
+            "status": r.status,
+            "verified_by": r.verified_by,
+            "sha256": r.sha256,
+            "size": r.size,
+            "bytes_downloaded": r.bytes_downloaded,
+            "seconds": r.seconds,
+            "attempts": r.attempts,
+            "resumed_from": r.resumed_from,
+            "files": json.dumps(r.files) if r.files else None,
+            "message": r.message,
+        }
+        for r in results
+    ]
+    with history.connect(history_file) as con:
+        return history.insert_rows(con, "model_downloads", rows)

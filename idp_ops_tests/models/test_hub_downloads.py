@@ -290,3 +290,17 @@ def test_the_token_reaches_the_hub_and_nothing_else(hub, tmp_path):
     assert token not in json.dumps({k: str(v.value) for k, v in metadata.items()})
     assert token not in "\n".join(f"{k}={v}" for k, v in os.environ.items())
     assert (tmp_path / "models" / "tiny-vllm" / "model.safetensors").read_bytes() == weights
+
+    # Both runs are in the history: the revision asked for, the commit it resolved to, how it was verified.
+    from idp_ops.history import database as history
+
+    assert metadata["recorded_in_history"].value == 1
+    with history.connect(load_settings(config).history_file, read_only=True) as con:
+        rows = con.execute(
+            "SELECT hf_repo, revision, commit, status, verified_by, attempts, files "
+            "FROM model_downloads ORDER BY finished_at"
+        ).fetchall()
+    assert [r[:5] for r in rows] == [(REPO, "main", commit, "downloaded", "sha256")] * 2
+    weights_file = [{f["path"]: f for f in json.loads(r[6])}["model.safetensors"] for r in rows]
+    assert [(f["status"], f["attempts"]) for f in weights_file] == [("downloaded", 1), ("downloaded", 2)]
+    assert all(token not in str(r) for r in rows)

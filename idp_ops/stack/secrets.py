@@ -181,3 +181,26 @@ def _tighten(path: Path) -> None:
 
 def _write_private(path: Path, text: str) -> None:
     atomic_write_text(path, text, mode=0o600)
+
+
+# The ops platform's Postgres password (compose/ops): one more generated 0600 file in the secrets dir,
+# mounted as a compose secret. Not an API key of an endpoint, so ensure_keys leaves it alone.
+POSTGRES_PASSWORD_FILE_NAME = "postgres_password"
+
+
+def ensure_postgres_password(secrets_dir: Path, *, owner_uid: int | None = None, owner_gid: int | None = None) -> dict:
+    """Create the password file once (never overwritten); returns its path and fingerprint, never the value.
+
+    As root, the file goes to ``owner_uid`` (the uid Postgres and the ops services run as): a compose secret
+    from a file is a bind mount, so the file's own owner and mode are what the container sees.
+    """
+    _ensure_private_dir(secrets_dir)
+    path = secrets_dir / POSTGRES_PASSWORD_FILE_NAME
+    created = not path.exists()
+    if created:
+        _write_private(path, new_key() + "\n")
+    else:
+        _tighten(path)
+    if owner_uid is not None and os.geteuid() == 0:
+        os.chown(path, owner_uid, owner_gid if owner_gid is not None else owner_uid)
+    return {"path": str(path), "created": created, "fingerprint": fingerprint(read_key(path))}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The ops platform in containers, with one command: build what is missing (the idp-ops and Postgres
+# images, the Postgres password, the API keys), then bring compose/ops up and wait until every service
+# is healthy. Idempotent: a second run changes nothing and returns as soon as all is healthy.
+#
+# Usage: ./compose/ops/up.sh   (settings: $IDP_CONFIG or ./idp-ops.yaml)
+# Environment: IDP_OPS_PROJECT (idp-ops-platform), IDP_OPS_UI_PORT (3000), IDP_OPS_PG_PORT (15432),
+#              IDP_OPS_ENV_FILE (where the compose env file goes; default: $IDP_HOME/ops-platform.env)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+PY="${IDP_PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+CONFIG="$(realpath "${IDP_CONFIG:-$ROOT/idp-ops.yaml}")"
+PROJECT="${IDP_OPS_PROJECT:-idp-ops-platform}"
+log() { printf '[ops platform] %s\n' "$*" >&2; }
+
+cd "$ROOT"
+image="$("$HERE/../images/idp-ops/build.sh")"
+postgres_image="$("$HERE/../images/postgres/build.sh")"
+
+# Secrets: the endpoints' API keys and the Postgres password, created once, never overwritten.
+IDP_CONFIG="$CONFIG" "$PY" -m idp_ops.cli secrets generate >/dev/null
+home="$(IDP_CONFIG="$CONFIG" "$PY" - <<'PY'
+from idp_ops.settings import load_settings
+from idp_ops.stack.secrets import ensure_postgres_password
+
+s = load_settings()
+ensure_postgres_password(s.secrets_dir, owner_uid=s.service_uid, owner_gid=s.service_gid)
+print(s.home)
+PY
+)"
+
+env_file="${IDP_OPS_ENV_FILE:-$home/ops-platform.env}"
+tmp="$(mktemp "$env_file.XXXXXX")"
+"$PY" "$HERE/platform_env.py" --project "$PROJECT" --image "$image" --postgres-image "$postgres_image" \
+  --ui-port "${IDP_OPS_UI_PORT:-3000}" --pg-port "${IDP_OPS_PG_PORT:-15432}" --config "$CONFIG" >"$tmp"
+chmod 0600 "$tmp"
+mv "$tmp" "$env_file"  # atomic: compose never reads half a file
+
+compose=(docker compose)
+docker compose version >/dev/null 2>&1 || compose=("$(dirname "$PY")/docker-compose")
+start=$(date +%s)
+"${compose[@]}" --env-file "$env_file" -f "$HERE/docker-compose.yml" -p "$PROJECT" up -d --wait \
+  --wait-timeout "${IDP_OPS_WAIT_S:-300}" >&2
+log "healthy in $(($(date +%s) - start)) s (project $PROJECT, image $image)"
+log "Dagster UI: http://127.0.0.1:${IDP_OPS_UI_PORT:-3000}"
+log "compose: ${compose[*]} --env-file $env_file -f $HERE/docker-compose.yml -p $PROJECT ps"

@@ -131,10 +131,10 @@ def check_docker(timeout: float = 20, *, engine: DockerEngine = DEFAULT_ENGINE) 
             env=engine.environment(),
         )
     except subprocess.TimeoutExpired:
-        raise DockerUnavailable(f"dockerd at {engine.label()} did not answer within {timeout:.0f} s") from None
+        raise DockerUnavailable(f"dockerd did not answer within {timeout:.0f} s at {engine.label()}") from None
     if out.returncode != 0 or not out.stdout.strip():
         raise DockerUnavailable(
-            f"dockerd at {engine.label()} is not reachable",
+            f"dockerd is not reachable at {engine.label()}",  # the first words stay: scripts grep them
             stderr=out.stderr,
             hint="start it (e.g. `systemctl start docker`, or `dockerd &` as root) or check the docker_host setting "
             "(else DOCKER_HOST)",

@@ -84,6 +84,12 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   fi
 fi
 
+# -- ops platform images (compose/ops): built once, cached in dockerd -------------
+# python:3.11-slim or, with no registry, a Debian base from apt's own mirror; Postgres the same way.
+log "ops platform images (idp-ops/ops, idp-ops/postgres)"
+compose/images/idp-ops/build.sh >/dev/null
+compose/images/postgres/build.sh >/dev/null
+
 # -- model, keys, Dagster home -----------------------------------------------
 .venv/bin/idp-ops models fetch-demo
 .venv/bin/idp-ops secrets generate >/dev/null

@@ -10,8 +10,8 @@ Why the run containers look the way they do (IDP_OPS_RUN_CONTEXT, the code locat
 - They share the host's network: the stack publishes its endpoints on the host's 127.0.0.1 only, and a deploy
   or validation run probes them there. Postgres is therefore also published on 127.0.0.1 (IDP_OPS_PG_PORT).
 - Paths the stack's compose file bind-mounts (models, key files) are host paths given to the host's dockerd,
-  so run containers see them at the same absolute paths. Key files are mounted one by one (the secrets dir
-  itself is 0700 root).
+  so run containers see them at the same absolute paths. The secrets dir is mounted read-write: the api_keys
+  asset of deploy_job creates (or rotates) keys there; up.sh hands it (0700) to the service uid the runs use.
 - They need the Docker API (deploy, containment drive dockerd): the socket plus its group, nothing more.
 """
 
@@ -51,15 +51,16 @@ def platform_env(project: str, image: str, postgres_image: str, ui_port: int, pg
         "IDP_SERVICE_UID": str(uid),
         "IDP_SERVICE_GID": str(gid),
     }
-    key_files = [settings.secrets_dir / name for name in sorted(settings.key_names)]
     run_volumes = [
         f"{config}:{CONFIG_IN_CONTAINER}:ro",
         f"{settings.models_dir}:{settings.models_dir}:ro",
         f"{project}-data:{DATA_DIR}",
         f"{DOCKER_SOCKET}:{DOCKER_SOCKET}",
-        *(f"{path}:{path}:ro" for path in [*key_files, password_file]),
+        f"{settings.secrets_dir}:{settings.secrets_dir}",
     ]
-    run_context = {
+    # Dagster reads the DockerRunLauncher's part of a container context under "docker" only: container_kwargs
+    # at the top level are silently ignored (the run then starts with none of the mounts or host networking).
+    run_docker = {
         "env_vars": [
             *(f"{k}={v}" for k, v in idp_env.items()),
             "DAGSTER_PG_HOST=127.0.0.1",
@@ -81,6 +82,7 @@ def platform_env(project: str, image: str, postgres_image: str, ui_port: int, pg
             "log_config": {"type": "json-file", "config": {"max-size": "20m", "max-file": "3"}},
         },
     }
+    run_context = {"docker": run_docker}
     return {
         "COMPOSE_PROJECT_NAME": project,
         "IDP_OPS_PROJECT": project,

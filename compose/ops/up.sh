@@ -23,11 +23,18 @@ postgres_image="$("$HERE/../images/postgres/build.sh")"
 # Secrets: the endpoints' API keys and the Postgres password, created once, never overwritten.
 IDP_CONFIG="$CONFIG" "$PY" -m idp_ops.cli secrets generate >/dev/null
 home="$(IDP_CONFIG="$CONFIG" "$PY" - <<'PY'
+import os
+
 from idp_ops.settings import load_settings
 from idp_ops.stack.secrets import ensure_postgres_password
 
 s = load_settings()
 ensure_postgres_password(s.secrets_dir, owner_uid=s.service_uid, owner_gid=s.service_gid)
+# Run containers (the service uid) run the api_keys asset, which rereads and may rotate the keys in
+# this dir: the service uid owns it and its files, still 0700/0600, like a box where it is not root.
+if os.geteuid() == 0:
+    for path in [s.secrets_dir, *s.secrets_dir.iterdir()]:
+        os.chown(path, s.service_uid, s.service_gid)
 print(s.home)
 PY
 )"

@@ -123,6 +123,9 @@ def ensure_keys(
         _write_private(env_path, env_text)
     else:
         _tighten(env_path)
+    if owner_uid is not None and os.geteuid() == 0:
+        # Same owner as the key files: a run container of the ops platform (the service uid) rereads it.
+        os.chown(env_path, owner_uid, owner_gid if owner_gid is not None else owner_uid)
     return report
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from idp_ops.settings import REPO_ROOT
+from idp_ops_harness.graphql_queries import LAUNCH_MUTATION, LOGS_QUERY, RUN_QUERY, WORKSPACE_QUERY
 from idp_ops_harness.ports import free_port
 from idp_ops_harness.projects import unique_project
 
@@ -25,64 +26,6 @@ COMPOSE_FILE = REPO_ROOT / "compose" / "ops" / "docker-compose.yml"
 PROJECT_LABEL = "idp-ops/ops-project"  # set on run containers by compose/ops/platform_env.py
 # A cold image build (debootstrap base + locked dependencies) takes minutes; a cached one is instant.
 UP_TIMEOUT_S = 1800
-
-WORKSPACE_QUERY = """
-query {
-  workspaceOrError {
-    __typename
-    ... on Workspace {
-      locationEntries {
-        name
-        loadStatus
-        locationOrLoadError {
-          __typename
-          ... on RepositoryLocation { repositories { name jobs { name } } }
-          ... on PythonError { message stack }
-        }
-      }
-    }
-    ... on PythonError { message }
-  }
-}
-"""
-
-LAUNCH_MUTATION = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message stack }
-    ... on Error { message }
-  }
-}
-"""
-
-RUN_QUERY = """
-query Run($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run { runId status tags { key value } }
-    ... on Error { message }
-  }
-}
-"""
-
-LOGS_QUERY = """
-query Logs($runId: ID!) {
-  logsForRun(runId: $runId, limit: 2000) {
-    __typename
-    ... on EventConnection {
-      events {
-        __typename
-        ... on MessageEvent { message level stepKey timestamp }
-        ... on ErrorEvent { error { message } }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
 
 
 class OpsPlatform:

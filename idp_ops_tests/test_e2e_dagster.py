@@ -18,6 +18,7 @@ import pytest
 from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.deploy import compose_project
 from idp_ops_harness.dagster_processes import Dagster
+from idp_ops_harness.graphql_queries import LAUNCH_MUTATION, LOGS_QUERY, RUN_QUERY, WORKSPACE_QUERY
 from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -27,65 +28,6 @@ LOAD_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 300
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
-WORKSPACE_QUERY = """
-query {
-  workspaceOrError {
-    __typename
-    ... on Workspace {
-      locationEntries {
-        name
-        loadStatus
-        locationOrLoadError {
-          __typename
-          ... on RepositoryLocation { repositories { name jobs { name } } }
-          ... on PythonError { message stack }
-        }
-      }
-    }
-    ... on PythonError { message }
-  }
-}
-"""
-
-LAUNCH_MUTATION = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on InvalidStepError { invalidStepKey }
-    ... on InvalidOutputError { stepKey invalidOutputName }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message stack }
-    ... on Error { message }
-  }
-}
-"""
-
-RUN_QUERY = """
-query Run($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run { runId status }
-    ... on Error { message }
-  }
-}
-"""
-
-LOGS_QUERY = """
-query Logs($runId: ID!) {
-  logsForRun(runId: $runId, limit: 2000) {
-    __typename
-    ... on EventConnection {
-      events {
-        __typename
-        ... on MessageEvent { message level stepKey }
-        ... on ErrorEvent { error { message } }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
 
 ASSET_QUERY = """
 query Asset($path: [String!]!) {

@@ -13,6 +13,12 @@ Why the run containers look the way they do (IDP_OPS_RUN_CONTEXT, the code locat
   so run containers see them at the same absolute paths. The secrets dir is mounted read-write: the api_keys
   asset of deploy_job creates (or rotates) keys there; up.sh hands it (0700) to the service uid the runs use.
 - They need the Docker API (deploy, containment drive dockerd): the socket plus its group, nothing more.
+
+Why the data and logs volumes are the host's own dirs (local volumes that bind settings.data_dir and
+settings.logs_dir, at the same paths): the host's thermal guard and CLI and the platform's containers must
+share one containment latch, one alerts log, one thermal spool and one history. A latch the guard writes
+on the host that a deploy run in a container cannot see would let that deploy restart a GPU service the
+guard had stopped. `down -v` therefore removes the volumes' names, never the box's history.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ sys.path.insert(0, str(HERE.parents[1]))
 from idp_ops.settings import load_settings  # noqa: E402
 from idp_ops.stack.secrets import POSTGRES_PASSWORD_FILE_NAME  # noqa: E402
 
-DATA_DIR = "/var/lib/idp-ops/data"  # the named data volume, inside every ops container
 CONFIG_IN_CONTAINER = "/etc/idp-ops/idp-ops.yaml"
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -46,17 +51,23 @@ def platform_env(project: str, image: str, postgres_image: str, ui_port: int, pg
         "IDP_MODELS_DIR": str(settings.models_dir),
         "IDP_SECRETS_DIR": str(settings.secrets_dir),
         "IDP_BACKUPS_DIR": str(settings.backups_dir),
-        "IDP_DATA_DIR": DATA_DIR,
-        "IDP_LOGS_DIR": f"{DATA_DIR}/logs",
+        "IDP_DATA_DIR": str(settings.data_dir),
+        "IDP_LOGS_DIR": str(settings.logs_dir),
         "IDP_SERVICE_UID": str(uid),
         "IDP_SERVICE_GID": str(gid),
+        # Which platform a process belongs to (its compose project: the Postgres container, the volumes).
+        "IDP_OPS_PROJECT": project,
     }
     run_volumes = [
         f"{config}:{CONFIG_IN_CONTAINER}:ro",
         f"{settings.models_dir}:{settings.models_dir}:ro",
-        f"{project}-data:{DATA_DIR}",
+        f"{project}-data:{settings.data_dir}",
+        f"{project}-logs:{settings.logs_dir}",
         f"{DOCKER_SOCKET}:{DOCKER_SOCKET}",
         f"{settings.secrets_dir}:{settings.secrets_dir}",
+        # The backup job writes snapshots there. Where the backup disk is not mounted, docker makes an
+        # empty mount point instead, which the backup guard refuses (no marker file): nothing lands on it.
+        f"{settings.backups_dir}:{settings.backups_dir}",
     ]
     # Dagster reads the DockerRunLauncher's part of a container context under "docker" only: container_kwargs
     # at the top level are silently ignored (the run then starts with none of the mounts or host networking).

@@ -35,6 +35,14 @@ ensure_postgres_password(s.secrets_dir, owner_uid=s.service_uid, owner_gid=s.ser
 if os.geteuid() == 0:
     for path in [s.secrets_dir, *s.secrets_dir.iterdir()]:
         os.chown(path, s.service_uid, s.service_gid)
+# The platform's data and logs volumes are these host dirs (shared with the host's guard): the services
+# and runs write them as the service uid.
+for tree in (s.data_dir, s.logs_dir):
+    tree.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        for root, dirs, files in os.walk(tree):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, s.service_uid, s.service_gid)
 print(s.home)
 PY
 )"

@@ -59,3 +59,39 @@ query Logs($runId: ID!) {
   }
 }
 """
+
+RUNS_QUERY = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId jobName status tags { key value } } }
+    ... on Error { message }
+  }
+}
+"""
+
+SENSOR_TICKS_QUERY = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status ticks(limit: 50) { timestamp status runIds } } }
+    ... on Error { message }
+  }
+}
+"""
+
+SCHEDULES_QUERY = """
+query Schedules($selector: RepositorySelector!) {
+  schedulesOrError(repositorySelector: $selector) {
+    __typename
+    ... on Schedules { results { name scheduleState { status } } }
+    ... on Error { message }
+  }
+}
+"""
+
+DAEMON_HEALTH_QUERY = """
+query {
+  instance { daemonHealth { allDaemonStatuses { daemonType required healthy lastHeartbeatTime } } }
+}
+"""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +18,16 @@ from pathlib import Path
 import httpx
 
 from idp_ops.settings import REPO_ROOT
-from idp_ops_harness.graphql_queries import LAUNCH_MUTATION, LOGS_QUERY, RUN_QUERY, WORKSPACE_QUERY
+from idp_ops_harness.graphql_queries import (
+    DAEMON_HEALTH_QUERY,
+    LAUNCH_MUTATION,
+    LOGS_QUERY,
+    RUN_QUERY,
+    RUNS_QUERY,
+    SCHEDULES_QUERY,
+    SENSOR_TICKS_QUERY,
+    WORKSPACE_QUERY,
+)
 from idp_ops_harness.ports import free_port
 from idp_ops_harness.projects import unique_project
 
@@ -106,6 +116,39 @@ class OpsPlatform:
                 raise AssertionError(f"compose down of {self.project} failed:\n{result.stderr[-3000:]}")
             self.env_file.unlink()
 
+    def stop(self) -> None:
+        """`compose down` without -v: the services go, the Postgres volume and the env file stay (a box reboot)."""
+        result = self.compose("down", "--timeout", "10")
+        if result.returncode != 0:
+            raise AssertionError(f"compose down of {self.project} failed:\n{result.stderr[-3000:]}")
+
+    def inspect(self, service: str) -> dict:
+        """`docker inspect` of one service's container."""
+        ids = self.compose("ps", "-q", "-a", service, timeout=60).stdout.split()
+        assert len(ids) == 1, f"expected one {service} container in {self.project}, got {ids}"
+        listed = subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(listed.stdout)[0]
+
+    def crash(self, service: str) -> int:
+        """SIGKILL the service's main process from the host, as a crash would (not `docker kill`, which
+        counts as a manual stop and defeats the restart policy); its restart count before the crash."""
+        state = self.inspect(service)
+        os.kill(state["State"]["Pid"], signal.SIGKILL)
+        return state["RestartCount"]
+
+    def wait_restarted_healthy(self, service: str, restarts_before: int, timeout_s: float = 300) -> float:
+        """Seconds until the service's container restarted (policy) and reports healthy again."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        state: dict = {}
+        while time.monotonic() < deadline:
+            state = self.inspect(service)
+            health = (state["State"].get("Health") or {}).get("Status")
+            if state["RestartCount"] > restarts_before and state["State"]["Running"] and health == "healthy":
+                return time.monotonic() - started
+            time.sleep(1)
+        raise AssertionError(f"{service} not restarted and healthy after {timeout_s:.0f} s: {state.get('State')}")
+
     def volumes(self) -> list[str]:
         listed = subprocess.run(
             ["docker", "volume", "ls", "-q", "--filter", f"name={self.project}-"],
@@ -180,6 +223,29 @@ class OpsPlatform:
                 return status
             time.sleep(2)
         raise AssertionError(f"run {run_id} still {status} after {timeout_s:.0f} s")
+
+    def runs(self, job_name: str | None = None) -> list[dict]:
+        """Every run the instance (Postgres) holds, newest first; one job's when named."""
+        filter_ = {"pipelineName": job_name} if job_name else {}
+        runs = self.gql(RUNS_QUERY, {"filter": filter_})["runsOrError"]
+        assert runs["__typename"] == "Runs", f"runs query failed: {runs}"
+        return runs["results"]
+
+    def sensor_ticks(self, location: str, repository: str, sensor: str) -> list[dict]:
+        selector = {"repositoryLocationName": location, "repositoryName": repository, "sensorName": sensor}
+        found = self.gql(SENSOR_TICKS_QUERY, {"selector": selector})["sensorOrError"]
+        assert found["__typename"] == "Sensor", f"sensor {sensor} not found: {found}"
+        return found["sensorState"]["ticks"]
+
+    def schedule_states(self, location: str, repository: str) -> dict[str, str]:
+        selector = {"repositoryLocationName": location, "repositoryName": repository}
+        found = self.gql(SCHEDULES_QUERY, {"selector": selector})["schedulesOrError"]
+        assert found["__typename"] == "Schedules", f"schedules query failed: {found}"
+        return {s["name"]: s["scheduleState"]["status"] for s in found["results"]}
+
+    def daemon_health(self) -> dict[str, bool]:
+        statuses = self.gql(DAEMON_HEALTH_QUERY)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return {s["daemonType"]: s["healthy"] for s in statuses if s["required"]}
 
     def events(self, run_id: str) -> list[dict]:
         logs = self.gql(LOGS_QUERY, {"runId": run_id})["logsForRun"]

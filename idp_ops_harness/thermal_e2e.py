@@ -31,13 +31,25 @@ class ContainmentTiming:
     contain_alert: dict
 
 
-def replay_settings(tmp_path: Path, models_dir: Path, image: str, project: str, *, rows_per_tick: int) -> Path:
-    values = cpu_stack_settings(tmp_path / "home", models_dir, image, project)
+def replay_settings(
+    tmp_path: Path, models_dir: Path, image: str, project: str, *, rows_per_tick: int, trace_in_data_dir: bool = False
+) -> Path:
+    """The CPU stack plus a thermal replay of the real H200 trace (contain line 55 °C, its peak is 59 °C).
+
+    trace_in_data_dir: replay a copy in the box's data dir, which the ops platform's containers mount at
+    the same path (the repo's fixtures are not in them)."""
+    home = tmp_path / "home"
+    values = cpu_stack_settings(home, models_dir, image, project)
+    trace = FIXTURE_TRACE
+    if trace_in_data_dir:
+        trace = home / "data" / "replay" / FIXTURE_TRACE.name
+        trace.parent.mkdir(parents=True)
+        shutil.copy(FIXTURE_TRACE, trace)
     values["thermal"] = {
         "warn_c": 50,
         "contain_c": 55,
         "sensor_interval_s": 5,
-        "replay_csv": str(FIXTURE_TRACE),
+        "replay_csv": str(trace),
         "replay_rows_per_tick": rows_per_tick,
     }
     return write_settings(tmp_path / "idp-ops.yaml", **values)

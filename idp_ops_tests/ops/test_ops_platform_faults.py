@@ -16,7 +16,6 @@ How fast the GPU service stops through containers is measured by benchmarks/ther
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 
@@ -25,8 +24,7 @@ import pytest
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project, read_latch
 from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform
-from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
-from idp_ops_harness.thermal_e2e import FIXTURE_TRACE, deploy_fresh, wait_until_contained
+from idp_ops_harness.thermal_e2e import deploy_fresh, replay_settings, wait_until_contained
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e, pytest.mark.model, pytest.mark.timeout(UP_TIMEOUT_S + 900)]
 
@@ -34,24 +32,6 @@ LOCATION = "idp_ops"
 SENSOR = "thermal_sensor"
 RUN_KEY_TAG, SENSOR_TAG, SCHEDULE_TAG = "dagster/run_key", "dagster/sensor_name", "dagster/schedule_name"
 EPISODE_TAG = "idp_ops/episode"
-
-
-def platform_replay_settings(tmp_path, models_dir, image):
-    """The CPU stack plus a thermal replay of the real H200 trace, with the trace in the box's data dir,
-    which the code-location container mounts at the same path (the repo's fixtures are not in it)."""
-    home = tmp_path / "home"
-    values = cpu_stack_settings(home, models_dir, image, project="idp-ops-platform-thermal")
-    trace = home / "data" / "replay" / FIXTURE_TRACE.name
-    trace.parent.mkdir(parents=True)
-    shutil.copy(FIXTURE_TRACE, trace)
-    values["thermal"] = {
-        "warn_c": 50,
-        "contain_c": 55,
-        "sensor_interval_s": 5,
-        "replay_csv": str(trace),
-        "replay_rows_per_tick": 10,
-    }
-    return write_settings(tmp_path / "idp-ops.yaml", **values)
 
 
 def wait_for(predicate, what: str, timeout_s: float, every_s: float = 2):
@@ -82,7 +62,9 @@ def duplicate_run_keys(runs: list[dict]) -> dict:
 
 
 def test_platform_contains_an_overheat_survives_a_daemon_crash_and_a_reboot(tmp_path, llama_image, demo_models_dir):
-    config_file = platform_replay_settings(tmp_path, demo_models_dir, llama_image)
+    config_file = replay_settings(
+        tmp_path, demo_models_dir, llama_image, "idp-ops-platform-thermal", rows_per_tick=10, trace_in_data_dir=True
+    )
     settings = load_settings(config_file)
     platform = OpsPlatform(tmp_path, config_file)
     try:

@@ -5,7 +5,9 @@
 #
 # Usage: ./compose/ops/up.sh   (settings: $IDP_CONFIG or ./idp-ops.yaml)
 # Environment: IDP_OPS_PROJECT (idp-ops-platform), IDP_OPS_UI_PORT (3000), IDP_OPS_PG_PORT (15432),
-#              IDP_OPS_ENV_FILE (where the compose env file goes; default: $IDP_HOME/ops-platform.env)
+#              IDP_OPS_ENV_FILE (where the compose env file goes; default: $IDP_HOME/ops-platform.env),
+#              IDP_OPS_GPU (auto: give the code location NVML when dockerd has the nvidia runtime or CDI
+#              devices; on; off), see docker-compose.gpu.yml
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,11 +56,28 @@ tmp="$(mktemp "$env_file.XXXXXX")"
 chmod 0600 "$tmp"
 mv "$tmp" "$env_file"  # atomic: compose never reads half a file
 
+# NVML for the thermal sensor (evaluated in the code location) on a GPU box: the toolkit's utility
+# capability through a device reservation (docker-compose.gpu.yml), where dockerd can provide it.
+files=(-f "$HERE/docker-compose.yml")
+gpu="${IDP_OPS_GPU:-auto}"
+if [ "$gpu" = auto ]; then
+  gpu=off
+  if docker info --format '{{json .Runtimes}} {{json .CDISpecDirs}}' 2>/dev/null | grep -q nvidia \
+    || ls /etc/cdi/nvidia*.yaml /var/run/cdi/nvidia*.yaml >/dev/null 2>&1; then
+    gpu=on
+  fi
+fi
+case "$gpu" in
+  on) files+=(-f "$HERE/docker-compose.gpu.yml"); log "GPU box: the code location gets NVML (utility capability)" ;;
+  off) ;;
+  *) log "IDP_OPS_GPU must be auto, on or off, not '$gpu'"; exit 2 ;;
+esac
+
 compose=(docker compose)
 docker compose version >/dev/null 2>&1 || compose=("$(dirname "$PY")/docker-compose")
 start=$(date +%s)
-"${compose[@]}" --env-file "$env_file" -f "$HERE/docker-compose.yml" -p "$PROJECT" up -d --wait \
+"${compose[@]}" --env-file "$env_file" "${files[@]}" -p "$PROJECT" up -d --wait \
   --wait-timeout "${IDP_OPS_WAIT_S:-300}" >&2
 log "healthy in $(($(date +%s) - start)) s (project $PROJECT, image $image)"
 log "Dagster UI: http://127.0.0.1:${IDP_OPS_UI_PORT:-3000}"
-log "compose: ${compose[*]} --env-file $env_file -f $HERE/docker-compose.yml -p $PROJECT ps"
+log "compose: ${compose[*]} --env-file $env_file ${files[*]} -p $PROJECT ps"

@@ -53,12 +53,14 @@ JOBS = {
     "restore_job",
     "thermal_ingest_job",
     "reports_job",
+    "platform_housekeeping_job",  # platform/defs.py
 }
 SCHEDULES = {
     ("nightly_validation_schedule", "0 2 * * *"),
     ("weekly_backup_schedule", "0 3 * * 0"),
     ("thermal_ingest_schedule", "*/15 * * * *"),
     ("reports_schedule", "0 6 * * *"),
+    ("platform_housekeeping_schedule", "30 5 * * *"),
 }
 
 SENSORS = {"thermal_sensor", "run_failure_alert_sensor", "deadman_sensor"}

@@ -69,6 +69,7 @@ def platform_housekeeping_job():
 
 
 platform_housekeeping_schedule = ScheduleDefinition(
+    name="platform_housekeeping_schedule",
     job=platform_housekeeping_job,
     cron_schedule="30 5 * * *",
     default_status=DefaultScheduleStatus.RUNNING,

@@ -256,6 +256,10 @@ class BackupSettings(_Strict):
     max_shrink_bytes_fraction: float = Field(0.1, ge=0, le=1)
     # Also snapshot the settings file, secrets, history.duckdb and the Dagster instance.
     include_state: bool = True
+    # The ops platform (compose/ops/) whose Postgres holds the Dagster instance: its compose project. State then
+    # includes a pg_dump of it, taken in its postgres container. None: $IDP_OPS_PROJECT (every platform container
+    # has it); neither: the embedded SQLite instance, nothing to dump.
+    platform_project: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     # Each run re-hashes 1/N of the store on both sides: all of it every N runs.
     scrub_runs: int = Field(8, ge=1)
     excludes: list[str] = ["*.tmp", "cache/"]

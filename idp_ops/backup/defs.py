@@ -94,8 +94,8 @@ class BackupRunConfig(Config):
     deps=[model_manifest],
     description="A verified rsync snapshot of the model store on the backup volume (unchanged files hard-linked "
     "to the previous snapshot), with a rotating scrub that re-reads 1/N of the store on both sides, and the box's "
-    "state (settings, secrets, history, Dagster instance). An empty or shrunken store is refused unless the run "
-    "config allows it (allow_shrink).",
+    "state (settings, secrets, history, Dagster instance: its SQLite files, or a pg_dump of the ops platform's "
+    "Postgres). An empty or shrunken store is refused unless the run config allows it (allow_shrink).",
     check_specs=[
         AssetCheckSpec(
             "backup_verified",
@@ -170,6 +170,13 @@ def _backup_metadata(report: BackupReport) -> dict:
     if report.state:
         metadata["state_parts"] = MetadataValue.json(report.state["parts"])
         metadata["state_errors"] = report.state["errors"]
+        dump = report.state.get("postgres")
+        if dump:  # the ops platform's instance, dumped with pg_dump in its container
+            metadata["postgres_dump_bytes"] = dump["bytes"]
+            metadata["postgres_dump_tables"] = dump["tables"]
+            metadata["postgres_dump_rows"] = dump["rows"]
+            metadata["postgres_dump_toc_entries"] = dump["toc_entries"]
+            metadata["postgres_dump_seconds"] = dump["seconds"]
     if report.manifest_stats:
         metadata["manifest_hashed_files"] = report.manifest_stats["hashed_files"]
         metadata["manifest_seconds"] = report.manifest_stats["seconds"]

@@ -10,12 +10,16 @@ Inside a snapshot (see core/rsync.py for the rest of the layout)::
       history/history.duckdb         the history, copied with DuckDB's COPY FROM DATABASE under a read-only
                                      ATTACH: one transaction's view, never a byte copy of a file being written
       dagster/...                    $DAGSTER_HOME: every *.db through SQLite's online backup API, and dagster.yaml
+      postgres/dagster.dump          the ops platform's instance (compose/ops/): pg_dump --format=custom in its
+                                     postgres container, read back with pg_restore (backup/postgres_dump.py)
 
 Every part is read back from the volume after it is written (sha256 against what
-was written; row counts for DuckDB, ``PRAGMA integrity_check`` for SQLite). A part
-that cannot be copied is recorded as failed (the run fails, the models snapshot is
-still promoted); an absent one (no settings file, no DAGSTER_HOME) is recorded as
-absent. Key contents are never logged: only file names.
+was written; row counts for DuckDB, ``PRAGMA integrity_check`` for SQLite; pg_restore --list
+and a full data read for the Postgres dump). A part that cannot be copied is recorded
+as failed (the run fails, the models snapshot is still promoted); an absent one (no
+settings file, no DAGSTER_HOME; no platform project: the embedded instance, where
+Postgres does not apply) is recorded as absent. Key contents are never logged: only
+file names; the Postgres password is never an argument of any process.
 
 Restore (``restore_part``) puts a part back into place or into a chosen directory:
 verified first, built under a temp name, renamed over the target; an existing
@@ -49,6 +53,14 @@ from idp_ops.backup.manifest import (
     utc_now_iso,
     write_manifest,
 )
+from idp_ops.backup.postgres_dump import (
+    DUMP_NAME,
+    PostgresDumpError,
+    PostgresSource,
+    dump_postgres,
+    platform_project,
+    restore_postgres,
+)
 from idp_ops.errors import IdpOpsError
 from idp_ops.fsutil import atomic_write_json
 
@@ -60,9 +72,13 @@ Log = Callable[[str], None]
 STATE = "state"
 STATE_INFO = "state.json"
 STATE_FORMAT = "idp-ops-state/1"
-PARTS = ("settings", "secrets", "history", "dagster")
+PARTS = ("settings", "secrets", "history", "dagster", "postgres")
 # Where --into DIR puts each part (settings keeps its own file name).
-INTO_NAMES = {"secrets": "secrets", "history": "history.duckdb", "dagster": "dagster_home"}
+INTO_NAMES = {"secrets": "secrets", "history": "history.duckdb", "dagster": "dagster_home", "postgres": DUMP_NAME}
+POSTGRES_NOT_APPLICABLE = (
+    "not applicable: no ops platform project (backup.platform_project, else $IDP_OPS_PROJECT); the Dagster "
+    "instance is the embedded one (part dagster)"
+)
 DUCKDB_LOCK_TIMEOUT_S = 60.0
 SQLITE_BUSY_TIMEOUT_S = 60.0
 
@@ -84,13 +100,16 @@ class StateSources:
     secrets_dir: Path | None = None
     history_file: Path | None = None
     dagster_home: Path | None = None
+    # The ops platform's Postgres (compose/ops/); None: the embedded instance, nothing to dump.
+    postgres: PostgresSource | None = None
 
-    def source(self, part: str) -> Path | None:
+    def source(self, part: str) -> Path | PostgresSource | None:
         return {
             "settings": self.settings_file,
             "secrets": self.secrets_dir,
             "history": self.history_file,
             "dagster": self.dagster_home,
+            "postgres": self.postgres,
         }[part]
 
 
@@ -110,11 +129,13 @@ def state_sources(
     settings: Settings, *, config_file: str | Path | None = None, dagster_home: str | Path | None = None
 ) -> StateSources:
     home = dagster_home if dagster_home is not None else os.environ.get("DAGSTER_HOME")
+    project = platform_project(settings.backup.platform_project)
     return StateSources(
         settings_file=settings_file_in_use(config_file),
         secrets_dir=settings.secrets_dir,
         history_file=settings.history_file,
         dagster_home=Path(home).expanduser().resolve() if home else None,
+        postgres=PostgresSource(project, settings.docker_engine) if project else None,
     )
 
 
@@ -127,6 +148,8 @@ class StateCapture:
     errors: list[str] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
+    # The Postgres dump's figures when one was taken (bytes, tables, rows, toc_entries, seconds).
+    postgres: dict | None = None
 
     def summary(self) -> dict:
         return {
@@ -134,6 +157,7 @@ class StateCapture:
             "files": self.files,
             "bytes": self.bytes,
             "errors": self.errors,
+            "postgres": self.postgres,
         }
 
 
@@ -148,11 +172,16 @@ def capture_state(sources: StateSources, state_dir: Path, *, log: Log = _quiet) 
     entries: list[Entry] = []
     for part in PARTS:
         source = sources.source(part)
-        if source is None or not os.path.lexists(source):
+        if source is None or (isinstance(source, Path) and not os.path.lexists(source)):
             capture.parts[part] = {"status": "absent", "source": str(source) if source else None}
+            if part == "postgres":
+                capture.parts[part]["reason"] = POSTGRES_NOT_APPLICABLE
             continue
         try:
-            info, written = _CAPTURE[part](Path(source), state_dir, part)
+            if isinstance(source, PostgresSource):
+                info, written = _capture_postgres(source, state_dir, part, log)
+            else:
+                info, written = _CAPTURE[part](Path(source), state_dir, part)
             readback = check_entries(state_dir, written, drop_cache=True)
             if not readback.ok:
                 bad = readback.mismatched + readback.missing
@@ -167,6 +196,9 @@ def capture_state(sources: StateSources, state_dir: Path, *, log: Log = _quiet) 
         entries += written
         capture.files += len(written)
         capture.bytes += sum(e.size for e in written)
+        if part == "postgres":
+            capture.postgres = {k: info[k] for k in ("bytes", "tables", "rows", "toc_entries", "seconds")}
+            capture.postgres["tables"] = len(info["tables"])
         log(f"state: {part} copied ({len(written)} file(s)) from {source}")
     write_manifest(Manifest(state_dir, {}, utc_now_iso()).with_entries(entries), state_dir)
     atomic_write_json(state_dir / STATE_INFO, {"format": STATE_FORMAT, "parts": capture.parts})
@@ -348,6 +380,35 @@ def _capture_dagster(source: Path, state_dir: Path, part: str) -> tuple[dict, li
     return info, entries
 
 
+def _capture_postgres(source: PostgresSource, state_dir: Path, part: str, log: Log) -> tuple[dict, list[Entry]]:
+    (state_dir / part).mkdir(mode=0o700)
+    rel = f"{part}/{DUMP_NAME}"
+    try:
+        dump = dump_postgres(source, state_dir / rel, log=log)
+    except PostgresDumpError as exc:
+        raise StateError(str(exc)) from None
+    st = os.stat(state_dir / rel)
+    info = {
+        "kind": "file",
+        "name": DUMP_NAME,
+        "meta": _owner_mode(st),
+        "method": "pg_dump --format=custom in the platform's postgres container; read back with pg_restore",
+        "project": source.project,
+        "engine": source.engine.describe()["host"],
+        "container": dump.container,
+        "database": dump.database,
+        "server_version": dump.server_version,
+        "toc_entries": dump.toc_entries,
+        "tables": dump.tables,
+        "rows": dump.rows,
+        "bytes": dump.bytes,
+        "seconds": dump.seconds,
+        "dump_seconds": dump.dump_seconds,
+        "check_seconds": dump.check_seconds,
+    }
+    return info, [Entry(rel, st.st_size, st.st_mtime_ns, dump.sha256)]
+
+
 def _sqlite_backup(source: Path, dst: Path) -> None:
     src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
     try:
@@ -481,6 +542,17 @@ def restore_part(state_dir: Path, part: str, target: Path, *, force: bool = Fals
         raise
     log(f"restored {part} into {target}" + (f" (the one it replaced is kept as {aside})" if aside else ""))
     return {"part": part, "target": str(target), "files": restored, "kept_aside": str(aside) if aside else None}
+
+
+def restore_postgres_part(state_dir: Path, source: PostgresSource, *, clean: bool = False, log: Log = _quiet) -> dict:
+    """Load a snapshot's Postgres dump into the platform's database (``source``): the dump is hashed against
+    the state manifest first, then restored in one transaction (postgres_dump.restore_postgres)."""
+    _, entries = check_part(Path(state_dir), "postgres")
+    (entry,) = entries
+    try:
+        return restore_postgres(source, Path(state_dir) / entry.path, clean=clean, log=log)
+    except PostgresDumpError as exc:
+        raise StateError(str(exc)) from None
 
 
 def _build_dir(state_dir: Path, part: str, entries: list[Entry], info: dict, tmp: Path) -> list[str]:

@@ -231,6 +231,7 @@ def test_the_snapshot_holds_the_box_state_with_the_running_dagster_instance_copi
         "secrets": "absent",
         "history": "copied",
         "dagster": "copied",
+        "postgres": "absent",
     }
     state = backups / SNAPSHOTS / backup["snapshot"].value / "state"
     assert (state / "settings" / config.name).read_text() == config.read_text()

@@ -105,6 +105,7 @@ def test_the_snapshot_holds_every_part_verified_with_modes_kept_and_no_key_in_an
         "secrets": "copied",
         "history": "copied",
         "dagster": "copied",
+        "postgres": "absent",  # no ops platform project: the embedded instance
     }
     state = snap_state(dest, report.snapshot)
     assert mode(state) == 0o700
@@ -161,6 +162,7 @@ def test_absent_parts_are_recorded_and_a_part_that_cannot_be_copied_fails_the_ru
         "secrets": "failed",
         "history": "copied",
         "dagster": "absent",
+        "postgres": "absent",
     }
     assert "linked_key is a symlink" in report.state["errors"][0] and "STATE NOT BACKED UP" in report.message
     state = snap_state(dest, report.snapshot)
@@ -267,6 +269,7 @@ def test_idp_ops_backup_then_restore_state_through_the_real_command(tmp_path):
         "secrets": "copied",
         "history": "copied",
         "dagster": "copied",
+        "postgres": "absent",
     }
     assert KEY not in made.stdout + made.stderr
 

@@ -59,11 +59,18 @@ class OpsPlatform:
         self.client = httpx.Client(timeout=60)
 
     # -- up / down -----------------------------------------------------------------
-    def up(self) -> float:
-        """Run up.sh (builds missing images, then `compose up --wait`); seconds it took."""
+    def up(self, *services: str, **env: str) -> float:
+        """Run up.sh (builds missing images, then `compose up --wait` of the services, all by default),
+        with extra environment (IDP_OPS_GUARD=on, ...); seconds it took."""
         started = time.monotonic()
+        self.env.update(env)
         result = subprocess.run(
-            [str(UP_SCRIPT)], cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=UP_TIMEOUT_S
+            [str(UP_SCRIPT), *services],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=UP_TIMEOUT_S,
         )
         if result.returncode != 0:
             raise AssertionError(f"compose/ops/up.sh failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
@@ -74,7 +81,9 @@ class OpsPlatform:
         command = ["docker", "compose"]
         if subprocess.run([*command, "version"], capture_output=True).returncode != 0:
             command = [str(Path(os.environ.get("VIRTUAL_ENV", REPO_ROOT / ".venv")) / "bin" / "docker-compose")]
-        argv = [*command, "--env-file", str(self.env_file), "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        # The guard's profile is named so that ps, logs and down see it too (a profile only adds services).
+        argv = [*command, "--env-file", str(self.env_file), "-f", str(COMPOSE_FILE), "--profile", "guard"]
+        argv += ["-p", self.project, *args]
         return subprocess.run(argv, cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def run_containers(self) -> list[dict]:

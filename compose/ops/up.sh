@@ -3,11 +3,11 @@
 # images, the Postgres password, the API keys), then bring compose/ops up and wait until every service
 # is healthy. Idempotent: a second run changes nothing and returns as soon as all is healthy.
 #
-# Usage: ./compose/ops/up.sh   (settings: $IDP_CONFIG or ./idp-ops.yaml)
+# Usage: ./compose/ops/up.sh [SERVICE...]   (settings: $IDP_CONFIG or ./idp-ops.yaml; no SERVICE: all of them)
 # Environment: IDP_OPS_PROJECT (idp-ops-platform), IDP_OPS_UI_PORT (3000), IDP_OPS_PG_PORT (15432),
 #              IDP_OPS_ENV_FILE (where the compose env file goes; default: $IDP_HOME/ops-platform.env),
 #              IDP_OPS_GPU (auto: give the code location NVML when dockerd has the nvidia runtime or CDI
-#              devices; on; off), see docker-compose.gpu.yml
+#              devices; on; off), see docker-compose.gpu.yml; IDP_OPS_GUARD (auto: as IDP_OPS_GPU; on; off)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -68,16 +68,24 @@ if [ "$gpu" = auto ]; then
   fi
 fi
 case "$gpu" in
-  on) files+=(-f "$HERE/docker-compose.gpu.yml"); log "GPU box: the code location gets NVML (utility capability)" ;;
+  on) files+=(-f "$HERE/docker-compose.gpu.yml"); log "GPU box: the code location and the guard get NVML (utility capability)" ;;
   off) ;;
   *) log "IDP_OPS_GPU must be auto, on or off, not '$gpu'"; exit 2 ;;
+esac
+# The thermal guard, the first line of defence (docker-compose.yml says why): on a GPU box by default.
+guard="${IDP_OPS_GUARD:-auto}"
+[ "$guard" = auto ] && guard="$gpu"
+case "$guard" in
+  on) files+=(--profile guard); log "thermal guard: on" ;;
+  off) ;;
+  *) log "IDP_OPS_GUARD must be auto, on or off, not '$guard'"; exit 2 ;;
 esac
 
 compose=(docker compose)
 docker compose version >/dev/null 2>&1 || compose=("$(dirname "$PY")/docker-compose")
 start=$(date +%s)
 "${compose[@]}" --env-file "$env_file" "${files[@]}" -p "$PROJECT" up -d --wait \
-  --wait-timeout "${IDP_OPS_WAIT_S:-300}" >&2
+  --wait-timeout "${IDP_OPS_WAIT_S:-300}" "$@" >&2
 log "healthy in $(($(date +%s) - start)) s (project $PROJECT, image $image)"
 log "Dagster UI: http://127.0.0.1:${IDP_OPS_UI_PORT:-3000}"
 log "compose: ${compose[*]} --env-file $env_file ${files[*]} -p $PROJECT ps"

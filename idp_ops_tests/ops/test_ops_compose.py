@@ -32,18 +32,18 @@ def open_and_accepted(result) -> tuple[list[str], list[tuple[str, str]]]:
     return open_high, sorted((a.service, a.rule) for a in result.accepted)
 
 
-def test_the_platform_compose_file_has_no_open_high_finding_and_accepts_only_the_daemons_socket(tmp_path):
+def test_the_platform_compose_file_has_no_open_high_finding_and_accepts_only_the_daemons_and_the_guards_socket(tmp_path):
     result = audit_compose_file_result(OPS / "docker-compose.yml", ops_environment(tmp_path))
     open_high, accepted = open_and_accepted(result)
     assert not open_high, "\n".join(open_high)
-    assert accepted == [("daemon", "CIS-5.32")], accepted
+    assert accepted == [("daemon", "CIS-5.32"), ("guard", "CIS-5.32")], accepted
 
 
 def test_the_gpu_override_gives_the_code_location_nvml_by_device_reservation_and_still_passes(tmp_path):
     env = ops_environment(tmp_path)
     merged = subprocess.run(
         [*find_compose_command(), "-f", str(OPS / "docker-compose.yml"), "-f", str(OPS / "docker-compose.gpu.yml"),
-         "-p", "idp-ops-platform", "config", "--no-interpolate"],
+         "--profile", "guard", "-p", "idp-ops-platform", "config", "--no-interpolate"],
         env={**env, "PATH": "/usr/local/bin:/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -58,7 +58,10 @@ def test_the_gpu_override_gives_the_code_location_nvml_by_device_reservation_and
     assert code_location["deploy"]["resources"]["limits"]["memory"]
     assert not code_location.get("privileged") and code_location["cap_drop"] == ["ALL"]
     assert not any("docker.sock" in str(v) for v in code_location.get("volumes", []))
+    guard = model["services"]["guard"]
+    assert guard["deploy"]["resources"]["reservations"]["devices"] == devices, guard["deploy"]
+    assert not guard.get("privileged") and guard["cap_drop"] == ["ALL"] and not guard.get("depends_on")
 
     open_high, accepted = open_and_accepted(audit_compose_result(model, env, base_dir=OPS))
     assert not open_high, "\n".join(open_high)
-    assert accepted == [("daemon", "CIS-5.32")], accepted
+    assert accepted == [("daemon", "CIS-5.32"), ("guard", "CIS-5.32")], accepted

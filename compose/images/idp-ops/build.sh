@@ -51,8 +51,10 @@ fi
 
 # 2. Dependencies: a venv installed in a container from the base, committed as an image. The host's
 #    pip configuration and local wheel mirrors (if any) are mounted read-only; nothing is copied.
-DEPS="idp-ops/ops-deps:$( (sha256sum "$ROOT/requirements.txt"; docker image inspect -f '{{.Id}}' "$BASE") \
-  | sha256sum | cut -c1-12)"
+# DEPS_RECIPE: bump when the recipe below changes, so a cached image of the old recipe is not reused.
+DEPS_RECIPE=2
+DEPS="idp-ops/ops-deps:$( (sha256sum "$ROOT/requirements.txt"; docker image inspect -f '{{.Id}}' "$BASE"; \
+  echo "$DEPS_RECIPE") | sha256sum | cut -c1-12)"
 if ! have "$DEPS"; then
   log "installing locked dependencies into $DEPS"
   start=$(date +%s)
@@ -71,7 +73,10 @@ if ! have "$DEPS"; then
     install -m 0755 /build/docker /usr/local/bin/docker
     mkdir -p /usr/local/lib/docker/cli-plugins
     ln -sf /opt/idp-ops/venv/bin/docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
+    # Bytecode compiled once here: the roots are read-only, so without it every run container and
+    # service start compiles dagster from source (imports took 4.8 s instead of 2.3 s).
     find /opt/idp-ops/venv -name __pycache__ -prune -exec rm -rf {} +
+    /opt/idp-ops/venv/bin/python -m compileall -q -j 0 /opt/idp-ops/venv/lib >/dev/null
     rm -rf /tmp/requirements.txt /root/.cache' >&2 || { docker rm -f "$name" >/dev/null; exit 1; }
   docker commit "$name" "$DEPS" >/dev/null
   docker rm "$name" >/dev/null

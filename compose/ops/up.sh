@@ -19,6 +19,13 @@ PROJECT="${IDP_OPS_PROJECT:-idp-ops-platform}"
 log() { printf '[ops platform] %s\n' "$*" >&2; }
 
 cd "$ROOT"
+# Two daemons on one box run every schedule and sensor twice: say so when the embedded one runs here
+# (a dagster-daemon in this host's pid namespace; the platform's own daemon is in a container's).
+for pid in $(pgrep -f 'dagster-daemon run' 2>/dev/null || true); do
+  if [ "$(readlink "/proc/$pid/ns/pid" 2>/dev/null)" = "$(readlink /proc/self/ns/pid)" ]; then
+    log "WARNING: an embedded dagster-daemon runs on this host (pid $pid): stop it, or both run every schedule"
+  fi
+done
 image="$("$HERE/../images/idp-ops/build.sh")"
 postgres_image="$("$HERE/../images/postgres/build.sh")"
 

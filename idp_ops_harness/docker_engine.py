@@ -3,10 +3,17 @@
 It runs in its own network namespace, so its bridge handling never touches the
 host engine's docker0, with its own socket, data root and exec root. Tests point
 compose and the docker CLI at it through DOCKER_HOST.
+
+Optionally (``link``) a veth pair joins its namespace to the host's, like a second box on a LAN: the host
+side gets the /30's first address, the engine's side the second. Its bridges may then use iptables (NAT
+for its containers, in its own namespace only: ``iptables=True``), and ``extra_args`` can make it listen
+there too (tcp + TLS). :meth:`destroy` removes the pair and the namespace; the data root stays (it caches
+the images loaded into it, as the host engine's does).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -15,8 +22,23 @@ from pathlib import Path
 
 
 class SecondEngine:
-    def __init__(self, name: str = "idp-test-b"):
+    def __init__(
+        self,
+        name: str = "idp-test-b",
+        link: str | None = None,
+        iptables: bool = False,
+        extra_args: tuple[str, ...] | list[str] = (),
+    ):
         self.name = name
+        self.iptables = iptables
+        self.extra_args = list(extra_args)
+        # The veth pair to the host (None: the namespace has loopback only, as before).
+        self.link = ipaddress.ip_network(link) if link else None
+        if self.link is not None:
+            if self.link.prefixlen != 30:
+                raise ValueError(f"link {link}: a /30 (host side .1, engine side .2)")
+            self.host_address, self.inner_address = (str(a) for a in list(self.link.hosts())[:2])
+            self.host_if, self.inner_if = f"{name[:12]}-h", f"{name[:12]}-n"
         self.socket = Path(f"/run/{name}.sock")
         self.host = f"unix://{self.socket}"
         self.pidfile = Path(f"/run/{name}.pid")
@@ -41,6 +63,8 @@ class SecondEngine:
         if subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.find(self.name) < 0:
             subprocess.run(["ip", "netns", "add", self.name], check=True)
             subprocess.run(["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"], check=True)
+        if self.link is not None:
+            self._add_link()
         self.data_root.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         with self.log.open("ab") as out:
@@ -58,7 +82,8 @@ class SecondEngine:
                     str(self.exec_root),
                     "--pidfile",
                     str(self.pidfile),
-                    "--iptables=false",
+                    f"--iptables={'true' if self.iptables else 'false'}",
+                    *self.extra_args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -81,6 +106,30 @@ class SecondEngine:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def destroy(self) -> None:
+        """Stop dockerd, then remove the veth pair (if any) and the network namespace."""
+        try:
+            self.stop()
+        finally:
+            if self.link is not None:
+                subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def _add_link(self) -> None:
+        # A pair left by a crashed run would hold the addresses: delete it first (either end removes both).
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        prefix = self.link.prefixlen
+        in_ns = ["ip", "netns", "exec", self.name]
+        for command in (
+            ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.inner_if],
+            ["ip", "link", "set", self.inner_if, "netns", self.name],
+            ["ip", "addr", "add", f"{self.host_address}/{prefix}", "dev", self.host_if],
+            ["ip", "link", "set", self.host_if, "up"],
+            [*in_ns, "ip", "addr", "add", f"{self.inner_address}/{prefix}", "dev", self.inner_if],
+            [*in_ns, "ip", "link", "set", self.inner_if, "up"],
+        ):
+            subprocess.run(command, check=True, capture_output=True)
 
     def load_image(self, image: str) -> None:
         if self.docker("image", "inspect", image).returncode == 0:

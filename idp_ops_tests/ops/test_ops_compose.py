@@ -32,7 +32,9 @@ def open_and_accepted(result) -> tuple[list[str], list[tuple[str, str]]]:
     return open_high, sorted((a.service, a.rule) for a in result.accepted)
 
 
-def test_the_platform_compose_file_has_no_open_high_finding_and_accepts_only_the_daemons_and_the_guards_socket(tmp_path):
+def test_the_platform_compose_file_has_no_open_high_finding_and_accepts_only_the_daemons_and_the_guards_socket(
+    tmp_path,
+):
     result = audit_compose_file_result(OPS / "docker-compose.yml", ops_environment(tmp_path))
     open_high, accepted = open_and_accepted(result)
     assert not open_high, "\n".join(open_high)

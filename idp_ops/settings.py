@@ -257,8 +257,8 @@ class BackupSettings(_Strict):
     # Also snapshot the settings file, secrets, history.duckdb and the Dagster instance.
     include_state: bool = True
     # The ops platform (compose/ops/) whose Postgres holds the Dagster instance: its compose project. State then
-    # includes a pg_dump of it, taken in its postgres container. None: $IDP_OPS_PROJECT (every platform container
-    # has it); neither: the embedded SQLite instance, nothing to dump.
+    # includes a pg_dump of it, taken in its postgres container. None: $IDP_OPS_POSTGRES_PROJECT (the central
+    # platform's containers have it, another box's do not); neither: nothing to dump on this box.
     platform_project: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     # Each run re-hashes 1/N of the store on both sides: all of it every N runs.
     scrub_runs: int = Field(8, ge=1)

@@ -85,8 +85,12 @@ def run_context(
     run_engine: str | None = None,
     run_engine_tls_verify: bool = False,
     run_engine_cert_path: str | None = None,
+    postgres_project: str | None = None,
 ) -> dict:
     """The container context of a box's runs (the code location's --container-context).
+
+    ``postgres_project``: the compose project whose postgres service holds the instance, on this box's engine:
+    the central platform only (its weekly backup dumps it); another box's runs have none.
 
     ``docker_socket``: the box's dockerd socket on that box, mounted at /var/run/docker.sock in its runs.
     ``run_engine``: that engine as the central daemon reaches it (idp_ops/platform/run_context.py); None: the
@@ -122,6 +126,7 @@ def run_context(
             f"DAGSTER_PG_PORT={pg_port}",
             f"DAGSTER_PG_PASSWORD_FILE={settings.secrets_dir / POSTGRES_PASSWORD_FILE_NAME}",
             *engine_vars,
+            *([f"IDP_OPS_POSTGRES_PROJECT={postgres_project}"] if postgres_project else []),
         ],
         "container_kwargs": {
             "network_mode": "host",
@@ -157,7 +162,7 @@ def platform_env(
     settings = load_settings(config)
     idp_env = _settings_env(settings, project)
     # Runs share the host's network: they reach Postgres where it is published.
-    context = run_context(settings, project, config, pg_bind, pg_port, docker_socket)
+    context = run_context(settings, project, config, pg_bind, pg_port, docker_socket, postgres_project=project)
     return {
         "COMPOSE_PROJECT_NAME": project,
         "IDP_OPS_PROJECT": project,

@@ -1,7 +1,8 @@
 """The ops platform's Postgres (the Dagster instance of compose/ops/) in the weekly backup: pg_dump in its container.
 
 The platform's instance (runs, event logs, schedules) lives in the ``postgres`` service of the compose project
-named by ``backup.platform_project`` or $IDP_OPS_PROJECT (every platform container has it). Without either the
+named by ``backup.platform_project`` or $IDP_OPS_POSTGRES_PROJECT (the central platform's containers have it;
+another box's location does not: the central box's backup dumps the one instance). Without either the
 instance is the embedded SQLite one (copied with the "dagster" part) and there is nothing to dump here.
 
 How a dump is taken, and why:
@@ -42,7 +43,7 @@ from idp_ops.stack.engine import DEFAULT_ENGINE, DockerEngine
 
 Log = Callable[[str], None]
 
-PROJECT_ENV = "IDP_OPS_PROJECT"
+PROJECT_ENV = "IDP_OPS_POSTGRES_PROJECT"
 SERVICE = "postgres"
 DATABASE = "dagster"
 USER = "postgres"
@@ -101,7 +102,7 @@ class PostgresSource:
 
 
 def platform_project(configured: str | None) -> str | None:
-    """The platform's compose project: the setting, else $IDP_OPS_PROJECT; None: the embedded instance."""
+    """The platform's compose project: the setting, else $IDP_OPS_POSTGRES_PROJECT; None: not dumped here."""
     return (configured or "").strip() or os.environ.get(PROJECT_ENV, "").strip() or None
 
 

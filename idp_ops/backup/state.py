@@ -76,7 +76,7 @@ PARTS = ("settings", "secrets", "history", "dagster", "postgres")
 # Where --into DIR puts each part (settings keeps its own file name).
 INTO_NAMES = {"secrets": "secrets", "history": "history.duckdb", "dagster": "dagster_home", "postgres": DUMP_NAME}
 POSTGRES_NOT_APPLICABLE = (
-    "not applicable: no ops platform project (backup.platform_project, else $IDP_OPS_PROJECT); the Dagster "
+    "not applicable: no ops platform project (backup.platform_project, else $IDP_OPS_POSTGRES_PROJECT); the Dagster "
     "instance is the embedded one (part dagster)"
 )
 DUCKDB_LOCK_TIMEOUT_S = 60.0

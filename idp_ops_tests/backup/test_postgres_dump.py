@@ -406,14 +406,14 @@ def test_postgres_is_not_applicable_to_the_embedded_instance_and_the_project_com
 ):
     config = write_settings(tmp_path / "idp-ops.yaml", home=tmp_path / "home")
     settings = load_settings(config)
-    assert state_sources(settings).postgres is None  # no IDP_OPS_PROJECT (conftest clears IDP_*): embedded
+    assert state_sources(settings).postgres is None  # no IDP_OPS_POSTGRES_PROJECT (conftest clears IDP_*): embedded
 
     captured = capture_state(StateSources(), tmp_path / "state")
     info = json.loads((tmp_path / "state" / STATE_INFO).read_text())["parts"]["postgres"]
     assert info == {"status": "absent", "source": None, "reason": POSTGRES_NOT_APPLICABLE}
     assert captured.errors == [] and captured.summary()["postgres"] is None
 
-    monkeypatch.setenv("IDP_OPS_PROJECT", "ops-from-env")
+    monkeypatch.setenv("IDP_OPS_POSTGRES_PROJECT", "ops-from-env")
     source = state_sources(settings).postgres
     assert source is not None and source.project == "ops-from-env" and source.engine == settings.docker_engine
     configured = load_settings(

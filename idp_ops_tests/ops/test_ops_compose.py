@@ -6,6 +6,7 @@ override is merged by the real `docker compose config`, as `up` merges it, then 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -67,3 +68,18 @@ def test_the_gpu_override_gives_the_code_location_nvml_by_device_reservation_and
     open_high, accepted = open_and_accepted(audit_compose_result(model, env, base_dir=OPS))
     assert not open_high, "\n".join(open_high)
     assert accepted == [("daemon", "CIS-5.32"), ("guard", "CIS-5.32")], accepted
+
+
+def test_only_the_central_platforms_runs_are_told_to_dump_postgres(tmp_path):
+    """The weekly backup dumps the one instance on the central box; another box's backup has none to dump."""
+    from platform_env import location_env
+
+    def run_env(env: dict) -> dict:
+        context = json.loads(env["IDP_OPS_RUN_CONTEXT"])["docker"]
+        return dict(v.split("=", 1) for v in context["env_vars"])
+
+    central = run_env(ops_environment(tmp_path))
+    assert central["IDP_OPS_POSTGRES_PROJECT"] == "idp-ops-platform"
+    config = write_settings(tmp_path / "box-b.yaml", home=str(tmp_path / "box-b"))
+    box_b = run_env(location_env("box_b", "idp-ops-box-b", "idp-ops/ops:test", config, "10.0.0.1", 15432))
+    assert "IDP_OPS_POSTGRES_PROJECT" not in box_b and box_b["IDP_OPS_PROJECT"] == "idp-ops-box-b"

@@ -156,8 +156,12 @@ def platform_env(
     pg_bind: str = "127.0.0.1",
     workspace: str = IMAGE_WORKSPACE,
     docker_socket: str = DOCKER_SOCKET,
+    platform_dir: Path | None = None,
 ) -> dict:
-    """The env file of the central platform (compose/ops/docker-compose.yml)."""
+    """The env file of the central platform (compose/ops/docker-compose.yml).
+
+    ``platform_dir``: mounted read-only at /etc/idp-ops/platform in the webserver and the daemon only (a
+    workspace naming other boxes, their engines' client credentials); default <home>/ops-platform."""
     _one_address("pg_bind", pg_bind)
     settings = load_settings(config)
     idp_env = _settings_env(settings, project)
@@ -172,6 +176,7 @@ def platform_env(
         "IDP_OPS_PG_BIND": pg_bind,
         "IDP_OPS_PG_PORT": str(pg_port),
         "IDP_OPS_WORKSPACE": workspace,
+        "IDP_OPS_PLATFORM_DIR": str(platform_dir or settings.home / "ops-platform"),
         "IDP_OPS_UID": str(settings.service_uid),
         "IDP_OPS_GID": str(settings.service_gid),
         "IDP_OPS_DOCKER_GID": str(_docker_gid(docker_socket)),
@@ -248,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workspace", default=os.environ.get("IDP_OPS_WORKSPACE", IMAGE_WORKSPACE))
     parser.add_argument("--config", default=os.environ.get("IDP_CONFIG", "idp-ops.yaml"))
+    parser.add_argument(
+        "--platform-dir", help="mounted read-only into the webserver and daemon (default: <home>/ops-platform)"
+    )
     parser.add_argument("--docker-socket", default=DOCKER_SOCKET, help="this box's dockerd socket, on this box")
     box = parser.add_argument_group("one more box's code location (compose/ops/code-location.yml)")
     box.add_argument("--location", metavar="NAME", help="write that location's env file instead of the platform's")
@@ -291,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             args.pg_bind,
             args.workspace,
             args.docker_socket,
+            Path(args.platform_dir).resolve() if args.platform_dir else None,
         )
     for key, value in env.items():
         # Compose env files: single quotes keep the JSON literal (no interpolation inside).

@@ -56,10 +56,24 @@ print(s.home)
 PY
 )"
 
+# The platform dir, read-only in the webserver and the daemon only: a workspace.yaml there (other boxes'
+# locations) is the one they load; other boxes' engine credentials live beside it (README).
+platform_dir="${IDP_OPS_PLATFORM_DIR:-$home/ops-platform}"
+mkdir -p "$platform_dir"
+chmod 0700 "$platform_dir"
+if [ "$(id -u)" = 0 ]; then
+  chown -R "$(IDP_CONFIG="$CONFIG" "$PY" -c 'from idp_ops.settings import load_settings as l; s = l(); print(f"{s.service_uid}:{s.service_gid}")')" "$platform_dir"
+fi
+if [ -z "${IDP_OPS_WORKSPACE:-}" ] && [ -f "$platform_dir/workspace.yaml" ]; then
+  export IDP_OPS_WORKSPACE=/etc/idp-ops/platform/workspace.yaml
+  log "workspace: $platform_dir/workspace.yaml"
+fi
+
 env_file="${IDP_OPS_ENV_FILE:-$home/ops-platform.env}"
 tmp="$(mktemp "$env_file.XXXXXX")"
 "$PY" "$HERE/platform_env.py" --project "$PROJECT" --image "$image" --postgres-image "$postgres_image" \
-  --ui-port "${IDP_OPS_UI_PORT:-3000}" --pg-port "${IDP_OPS_PG_PORT:-15432}" --config "$CONFIG" >"$tmp"
+  --ui-port "${IDP_OPS_UI_PORT:-3000}" --pg-port "${IDP_OPS_PG_PORT:-15432}" --config "$CONFIG" \
+  --platform-dir "$platform_dir" >"$tmp"
 chmod 0600 "$tmp"
 mv "$tmp" "$env_file"  # atomic: compose never reads half a file
 

@@ -93,15 +93,16 @@ def test_a_deploy_in_location_b_starts_containers_only_on_engine_b(tmp_path, lla
         engine.load_image(image)
         t = lap("images into engine B", t)
 
-        # What the central daemon and webserver read: the workspace naming both locations, and the TLS client
-        # files for engine B. Test-only place: box A's data dir, the one host dir their containers mount.
-        certs = settings_a.data_dir / "engines" / ENGINE_NAME
-        shutil.copytree(tls.client_dir, certs)
-        workspace = write_workspace(
-            settings_a.data_dir / "workspace.yaml",
+        # What the central daemon and webserver read, from the platform dir (mounted read-only in them, in no
+        # run container): the workspace naming both locations (up.sh picks it up), engine B's TLS client files.
+        platform_dir = settings_a.home / "ops-platform"
+        shutil.copytree(tls.client_dir, platform_dir / "engines" / ENGINE_NAME)
+        certs = f"/etc/idp-ops/platform/engines/{ENGINE_NAME}"  # where the daemon's launcher reads them
+        write_workspace(
+            platform_dir / "workspace.yaml",
             [("code-location", 4000, LOCATION_A), (engine.inner_address, grpc_port, LOCATION_B)],
         )
-        platform.env.update(IDP_OPS_PG_BIND=engine.host_address, IDP_OPS_WORKSPACE=str(workspace))
+        platform.env.update(IDP_OPS_PG_BIND=engine.host_address)
         # The central password first (up.sh keeps an existing one): box B gets its copy before it starts.
         ensure_postgres_password(
             settings_a.secrets_dir, owner_uid=settings_a.service_uid, owner_gid=settings_a.service_gid
@@ -116,7 +117,7 @@ def test_a_deploy_in_location_b_starts_containers_only_on_engine_b(tmp_path, lla
             docker_socket=str(engine.socket),
             run_engine=tcp_engine_url(engine),
             run_engine_tls_verify=True,
-            run_engine_cert_path=str(certs),
+            run_engine_cert_path=certs,
         )
         password = (settings_a.secrets_dir / POSTGRES_PASSWORD_FILE_NAME).read_text().strip()
         assert password not in json.dumps(env_b) and password not in box_b.env_file.read_text(), "secret in env"

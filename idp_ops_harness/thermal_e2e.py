@@ -70,13 +70,26 @@ def wait_until_contained(settings: Settings, timeout_s: float, alive=lambda: Non
         alive()
         states = {s.service: s for s in project.ps()}
         if service in states and not states[service].running:
-            alerts = [json.loads(line) for line in settings.alerts_log.read_text().splitlines()]
-            contain = next(a for a in alerts if a["action"] == "contain")
+            # The guard logs its alert after the stop it verified: give the alert a moment to land.
+            contain = _first_contain_alert(settings, timeout_s=30)
             detected = datetime.fromisoformat(contain["timestamp"])
             stopped = container_time(states[service].container, "FinishedAt", engine=project.engine)
             return ContainmentTiming(detected, stopped, (stopped - detected).total_seconds(), contain)
         time.sleep(0.5)
     raise AssertionError(f"{service} still running after {timeout_s:.0f} s")
+
+
+def _first_contain_alert(settings: Settings, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if settings.alerts_log.exists():
+            alerts = [json.loads(line) for line in settings.alerts_log.read_text().splitlines() if line.strip()]
+            contain = next((a for a in alerts if a["action"] == "contain"), None)
+            if contain is not None:
+                return contain
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the GPU service stopped, but no contain alert in {settings.alerts_log}")
+        time.sleep(0.2)
 
 
 def contain_through_daemon(tmp_path: Path, config: Path, timeout_s: float = 240) -> tuple[ContainmentTiming, Dagster]:

@@ -289,6 +289,12 @@ class StateRestoreReport:
         return asdict(self)
 
 
+def _restore_database(state_dir: Path, source, force: bool, log: Log) -> dict:
+    done = backup_state.restore_postgres_part(state_dir, source, clean=force, log=log)
+    target = f"database {done['database']} in {done['container']}"
+    return {"part": "postgres", "target": target, "files": [done["dump"]], "kept_aside": None, **done}
+
+
 def restore_state(
     destination: Path,
     targets: dict[str, Path | None],
@@ -296,11 +302,15 @@ def restore_state(
     snapshot: str | None = None,
     force: bool = False,
     into: Path | None = None,
+    postgres: backup_state.PostgresSource | None = None,
     log: Log = _quiet,
 ) -> StateRestoreReport:
     """Bring parts of the box's state (``targets``: part -> where it goes) back from a snapshot;
     default: the latest whose state holds every part asked for. With ``into``, every part goes
-    into that directory instead (backup_state.default_into). See backup_state.restore_part."""
+    into that directory instead (backup_state.default_into). See backup_state.restore_part.
+
+    The "postgres" part in place goes into the platform's database (``postgres``; its target is None):
+    pg_restore in one transaction, into an empty database, or over the instance with ``force``."""
     started = time.monotonic()
     destination = Path(destination).resolve()
     parts = list(targets)
@@ -329,12 +339,19 @@ def restore_state(
                     else (f"the latest snapshot that holds {', '.join(parts)} (newer ones do not)")
                 )
             log(f"restoring {', '.join(parts)} from snapshot {snap.name}: {because}")
+            into_database = "postgres" in parts and into is None
+            if into_database and postgres is None:
+                raise RestoreError(
+                    "no ops platform to restore the postgres part into (backup.platform_project or "
+                    "$IDP_OPS_POSTGRES_PROJECT), or restore the dump file with --into DIR"
+                )
+            files = [p for p in parts if not (into_database and p == "postgres")]
             if into is not None:
                 targets = {p: backup_state.default_into(snap / backup_state.STATE, p, into) for p in parts}
-            elif any(targets[p] is None for p in parts):
+            elif any(targets[p] is None for p in files):
                 raise RestoreError("give a target for every part, or a directory to restore into")
             if not force:  # every target checked before any is replaced
-                present = [f"{targets[p]}" for p in parts if os.path.lexists(targets[p])]
+                present = [f"{targets[p]}" for p in files if os.path.lexists(targets[p])]
                 if present:
                     raise RestoreError(
                         f"{', '.join(present)} exist(s); nothing was replaced. Restore into another directory "
@@ -344,7 +361,10 @@ def restore_state(
             for p in parts:  # every part verified before any is replaced
                 backup_state.check_part(snap / backup_state.STATE, p)
             restored = [
-                backup_state.restore_part(snap / backup_state.STATE, p, targets[p], force=force, log=log) for p in parts
+                _restore_database(snap / backup_state.STATE, postgres, force, log)
+                if into_database and p == "postgres"
+                else backup_state.restore_part(snap / backup_state.STATE, p, targets[p], force=force, log=log)
+                for p in parts
             ]
     except backup_state.StateError as exc:
         raise RestoreError(str(exc)) from None

@@ -119,7 +119,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def _restore_state(args: argparse.Namespace, settings) -> int:
     from idp_ops.backup.snapshots import restore_state
-    from idp_ops.backup.state import settings_file_in_use
+    from idp_ops.backup.state import settings_file_in_use, state_sources
     from idp_ops.cli.main import CommandError, emit, progress
 
     if args.path:
@@ -136,6 +136,8 @@ def _restore_state(args: argparse.Namespace, settings) -> int:
             targets[part] = settings.secrets_dir
         elif part == "history":
             targets[part] = settings.history_file
+        elif part == "postgres":
+            targets[part] = None  # the platform's database (restore_state), not a path
         else:
             home = os.environ.get("DAGSTER_HOME")
             if not home:
@@ -148,6 +150,7 @@ def _restore_state(args: argparse.Namespace, settings) -> int:
         force=args.force,
         log=progress(args),
         into=Path(args.into).expanduser().resolve() if args.into else None,
+        postgres=state_sources(settings, config_file=args.config).postgres if "postgres" in parts else None,
     )
 
     def human(d: dict) -> str:
@@ -198,10 +201,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     restore.add_argument(
         "--state",
         action="append",
-        choices=["settings", "secrets", "history", "dagster"],
+        choices=["settings", "secrets", "history", "dagster", "postgres"],
         metavar="PART",
-        help="restore the box's state instead of models: settings, secrets, history or dagster (repeatable); "
-        "into place (the settings file in use, secrets_dir, history.duckdb, $DAGSTER_HOME) or --into DIR",
+        help="restore the box's state instead of models: settings, secrets, history, dagster or postgres "
+        "(repeatable); into place (the settings file in use, secrets_dir, history.duckdb, $DAGSTER_HOME, the ops "
+        "platform's database: empty, or replaced with --force) or --into DIR",
     )
     restore.add_argument("--into", metavar="DIR", help="with --state: restore into DIR instead of into place")
     restore.add_argument(

@@ -41,6 +41,7 @@ from idp_ops.backup.state import (
     restore_postgres_part,
     state_sources,
 )
+from idp_ops.cli.main import main as cli_main
 from idp_ops.definitions import defs
 from idp_ops.resources import SettingsResource
 from idp_ops.settings import load_settings
@@ -267,7 +268,7 @@ def _leftovers(state_dir: Path) -> list[str]:
 
 @pytest.mark.docker
 def test_the_weekly_backup_dumps_the_platform_postgres_verified_and_it_restores_into_a_fresh_one(
-    tmp_path, platform_pg, fresh_pg
+    tmp_path, platform_pg, fresh_pg, capsys
 ):
     pg, password = platform_pg
     models, backups = tmp_path / "models", tmp_path / "backup"
@@ -326,16 +327,29 @@ def test_the_weekly_backup_dumps_the_platform_postgres_verified_and_it_restores_
     assert password not in (state / STATE_INFO).read_text()
     assert password not in (backups / SNAPSHOTS / meta["snapshot"] / "backup.json").read_text()
 
-    # Restore into a fresh platform Postgres: the same rows, byte for byte, and the sequence where it was.
-    restored = restore_postgres_part(state, PostgresSource(fresh_pg.project))
-    assert restored["container"] == fresh_pg.container
+    # Restore into a fresh platform Postgres as an operator would, `idp-ops restore --state postgres` on a box
+    # whose settings name that platform: the same rows, byte for byte, and the sequence where it was.
+    fresh_config = write_settings(
+        tmp_path / "fresh.yaml",
+        home=tmp_path / "home",
+        models_dir=models,
+        backups_dir=backups,
+        backup={"platform_project": fresh_pg.project},
+    )
+    restore_cli = ["--config", str(fresh_config), "restore", "--state", "postgres", "--json"]
+    assert cli_main(restore_cli) == 0
+    restored = json.loads(capsys.readouterr().out)
+    assert restored["snapshot"] == meta["snapshot"] and restored["parts"][0]["container"] == fresh_pg.container
     after = fresh_pg.psql(CONTENTS)
     assert after == before and f"runs|{ROWS}|" in after
-    # Loading it again over the restored instance fails as one transaction: nothing changed.
+    # Loading it again over the restored instance fails as one transaction: nothing changed (exit 2, as any
+    # restore that would replace what is there without --force).
+    assert cli_main(restore_cli) == 2
+    assert "nothing was changed" in capsys.readouterr().err
     with pytest.raises(StateError, match="nothing was changed"):
         restore_postgres_part(state, PostgresSource(fresh_pg.project))
     assert fresh_pg.psql(CONTENTS) == before
-    restore_postgres_part(state, PostgresSource(fresh_pg.project), clean=True)
+    assert cli_main([*restore_cli, "--force"]) == 0  # --force: pg_restore --clean, over the instance
     assert fresh_pg.psql(CONTENTS) == before
 
     # The read-back is a real check: a truncated archive does not pass it.

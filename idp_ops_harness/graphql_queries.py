@@ -95,3 +95,32 @@ query {
   instance { daemonHealth { allDaemonStatuses { daemonType required healthy lastHeartbeatTime } } }
 }
 """
+
+# The launcher's engine event with its metadata (which engine, which models mode).
+ENGINE_EVENTS_QUERY = """
+query EngineEvents($runId: ID!) {
+  logsForRun(runId: $runId, limit: 2000) {
+    __typename
+    ... on EventConnection {
+      events {
+        __typename
+        ... on EngineEvent { message metadataEntries { label ... on TextMetadataEntry { text } } }
+      }
+    }
+  }
+}
+"""
+
+# Reload one location in the webserver (a box whose code server came up after the central platform).
+RELOAD_MUTATION = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { name loadStatus }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on ReloadNotSupported { message }
+    ... on RepositoryLocationNotFound { message }
+  }
+}
+"""

@@ -32,21 +32,6 @@ LOCATION_COMPOSE = OPS_DIR / "code-location.yml"
 IMAGE_BUILD = REPO_ROOT / "compose" / "images" / "idp-ops" / "build.sh"
 TLS_PORT = 2376
 
-# The launcher's engine event with its metadata (which engine, which models mode).
-ENGINE_EVENTS_QUERY = """
-query EngineEvents($runId: ID!) {
-  logsForRun(runId: $runId, limit: 2000) {
-    __typename
-    ... on EventConnection {
-      events {
-        __typename
-        ... on EngineEvent { message metadataEntries { label ... on TextMetadataEntry { text } } }
-      }
-    }
-  }
-}
-"""
-
 
 def platform_env_module():
     """compose/ops/platform_env.py (a script, not a package module), imported from its file."""
@@ -145,21 +130,6 @@ def box_engine(name: str, link: str, tls: EngineTls) -> SecondEngine:
 
 def tcp_engine_url(engine: SecondEngine) -> str:
     return f"tcp://{engine.inner_address}:{TLS_PORT}"
-
-
-# Reload one location in the webserver (a box whose code server came up after the central platform).
-RELOAD_MUTATION = """
-mutation Reload($name: String!) {
-  reloadRepositoryLocation(repositoryLocationName: $name) {
-    __typename
-    ... on WorkspaceLocationEntry { name loadStatus }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on ReloadNotSupported { message }
-    ... on RepositoryLocationNotFound { message }
-  }
-}
-"""
 
 
 # -- one more box's code location ----------------------------------------------------------

@@ -13,11 +13,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from idp_ops.settings import REPO_ROOT
+from idp_ops.settings import REPO_ROOT, Settings
+from idp_ops.stack.deploy import compose_project
 from idp_ops_harness.graphql_queries import (
     DAEMON_HEALTH_QUERY,
     LAUNCH_MUTATION,
@@ -283,3 +286,23 @@ def compose_working_dirs(project: str) -> set[str]:
         check=True,
     )  # fmt: skip
     return set(listed.stdout.split())
+
+
+@contextmanager
+def torn_down_after(platform: OpsPlatform, stack: Settings) -> Iterator[OpsPlatform]:
+    """One test's platform: its services' logs printed when the test fails; then the stack it drove and the
+    platform itself torn down, and nothing of the platform left (run containers, volumes)."""
+    started = time.monotonic()
+    try:
+        yield platform
+    except BaseException:
+        print(platform.logs())
+        raise
+    finally:
+        try:
+            compose_project(stack).down()
+        finally:
+            platform.down()
+            assert not platform.run_containers(), "run containers left behind"
+            assert not platform.volumes(), f"volumes left behind: {platform.volumes()}"
+            print(f"torn down; {time.monotonic() - started:.1f} s in all")

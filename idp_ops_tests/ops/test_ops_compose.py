@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import yaml
 
 from idp_ops.settings import REPO_ROOT, load_settings
 from idp_ops.stack.audit import audit_compose_file_result, audit_compose_result
 from idp_ops.stack.compose import find_compose_command
+from idp_ops_harness.ops_locations import platform_env_module
 from idp_ops_harness.settings_files import write_settings
 
 OPS = REPO_ROOT / "compose" / "ops"
-sys.path.insert(0, str(OPS))
-from platform_env import platform_env  # noqa: E402  (a script beside the compose file, not a package)
+platform_env_script = platform_env_module()  # a script beside the compose file, not a package
 
 
 def ops_environment(tmp_path) -> dict[str, str]:
     config = write_settings(tmp_path / "idp-ops.yaml", home=str(tmp_path / "home"))
     (load_settings(config).secrets_dir).mkdir(parents=True)
-    return platform_env("idp-ops-platform", "idp-ops/ops:test", "idp-ops/postgres:15", 3000, 15432, config)
+    return platform_env_script.platform_env(
+        "idp-ops-platform", "idp-ops/ops:test", "idp-ops/postgres:15", 3000, 15432, config
+    )
 
 
 def open_and_accepted(result) -> tuple[list[str], list[tuple[str, str]]]:
@@ -72,7 +73,6 @@ def test_the_gpu_override_gives_the_code_location_nvml_by_device_reservation_and
 
 def test_only_the_central_platforms_runs_are_told_to_dump_postgres(tmp_path):
     """The weekly backup dumps the one instance on the central box; another box's backup has none to dump."""
-    from platform_env import location_env
 
     def run_env(env: dict) -> dict:
         context = json.loads(env["IDP_OPS_RUN_CONTEXT"])["docker"]
@@ -81,5 +81,7 @@ def test_only_the_central_platforms_runs_are_told_to_dump_postgres(tmp_path):
     central = run_env(ops_environment(tmp_path))
     assert central["IDP_OPS_POSTGRES_PROJECT"] == "idp-ops-platform"
     config = write_settings(tmp_path / "box-b.yaml", home=str(tmp_path / "box-b"))
-    box_b = run_env(location_env("box_b", "idp-ops-box-b", "idp-ops/ops:test", config, "10.0.0.1", 15432))
+    box_b = run_env(
+        platform_env_script.location_env("box_b", "idp-ops-box-b", "idp-ops/ops:test", config, "10.0.0.1", 15432)
+    )
     assert "IDP_OPS_POSTGRES_PROJECT" not in box_b and box_b["IDP_OPS_PROJECT"] == "idp-ops-box-b"

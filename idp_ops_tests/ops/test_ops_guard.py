@@ -14,7 +14,7 @@ import pytest
 
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project, read_latch
-from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform
+from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform, torn_down_after
 from idp_ops_harness.thermal_e2e import deploy_fresh, replay_settings, wait_until_contained
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e, pytest.mark.model, pytest.mark.timeout(UP_TIMEOUT_S + 300)]
@@ -26,7 +26,7 @@ def test_the_guard_container_contains_alone(tmp_path, llama_image, demo_models_d
     )
     settings = load_settings(config_file)
     platform = OpsPlatform(tmp_path, config_file, name="idp-ops-platform-guard")
-    try:
+    with torn_down_after(platform, settings):
         deploy_fresh(settings)
         platform.up("guard", IDP_OPS_GUARD="on")
         running = set(platform.compose("ps", "--services", "--status", "running").stdout.split())
@@ -45,11 +45,3 @@ def test_the_guard_container_contains_alone(tmp_path, llama_image, demo_models_d
         assert state["Running"] and state["Health"]["Status"] in {"healthy", "starting"}, state
         alerts = [json.loads(line) for line in settings.alerts_log.read_text().splitlines()]
         assert [a["action"] for a in alerts if a["action"] == "contain"] == ["contain"], alerts
-    except BaseException:
-        print(platform.logs())
-        raise
-    finally:
-        try:
-            compose_project(settings).down()
-        finally:
-            platform.down()

@@ -19,7 +19,7 @@ from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project
 from idp_ops.stack.probe import probe_endpoint
 from idp_ops.stack.secrets import read_key
-from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform, compose_working_dirs
+from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform, compose_working_dirs, torn_down_after
 from idp_ops_harness.settings_files import cpu_stack_settings, write_settings
 
 # A fresh clone builds the idp-ops and Postgres images first (up.sh runs their build scripts): minutes, once.
@@ -38,7 +38,7 @@ def test_deploy_job_runs_in_its_own_container(tmp_path, llama_image, demo_models
     settings = load_settings(config_file)
     platform = OpsPlatform(tmp_path, config_file)
     started = time.monotonic()
-    try:
+    with torn_down_after(platform, settings):
         up_s = platform.up()
         print(f"\nplatform {platform.project} healthy after {up_s:.1f} s")
         location = platform.wait_for_location(LOCATION)
@@ -87,14 +87,3 @@ def test_deploy_job_runs_in_its_own_container(tmp_path, llama_image, demo_models
             key = read_key(settings.secrets_dir / endpoint.key_name)
             result = probe_endpoint(endpoint.name, endpoint.url, endpoint.protocol, endpoint.model, key)
             assert result.ok, f"{endpoint.name} after the containerised deploy: {result.problems}"
-    except BaseException:
-        print(platform.logs())
-        raise
-    finally:
-        try:
-            compose_project(settings).down()
-        finally:
-            platform.down()
-            assert not platform.run_containers(), "run containers left behind"
-            assert not platform.volumes(), f"volumes left behind: {platform.volumes()}"
-            print(f"torn down; {time.monotonic() - started:.1f} s in all")

@@ -22,8 +22,8 @@ from collections import Counter
 import pytest
 
 from idp_ops.settings import load_settings
-from idp_ops.stack.deploy import compose_project, read_latch
-from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform
+from idp_ops.stack.deploy import read_latch
+from idp_ops_harness.ops_platform import UP_TIMEOUT_S, OpsPlatform, torn_down_after
 from idp_ops_harness.thermal_e2e import deploy_fresh, replay_settings, wait_until_contained
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e, pytest.mark.model, pytest.mark.timeout(UP_TIMEOUT_S + 900)]
@@ -67,7 +67,7 @@ def test_platform_contains_an_overheat_survives_a_daemon_crash_and_a_reboot(tmp_
     )
     settings = load_settings(config_file)
     platform = OpsPlatform(tmp_path, config_file)
-    try:
+    with torn_down_after(platform, settings):
         deploy_fresh(settings)  # on the host: the stack is up before the sensor's first tick
         up_s = platform.up()
         print(f"\nplatform {platform.project} healthy after {up_s:.1f} s")
@@ -120,12 +120,3 @@ def test_platform_contains_an_overheat_survives_a_daemon_crash_and_a_reboot(tmp_
         assert after[runs[0]["runId"]] == "SUCCESS"
         assert read_latch(settings), "the latch must survive the platform's restart"
         print(f"{len(run_ids)} runs survived down/up")
-    except BaseException:
-        print(platform.logs())
-        raise
-    finally:
-        try:
-            compose_project(settings).down()
-        finally:
-            platform.down()
-            assert not platform.run_containers(), "run containers left behind"

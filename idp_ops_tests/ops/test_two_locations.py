@@ -23,9 +23,8 @@ from idp_ops.definitions import defs
 from idp_ops.settings import load_settings
 from idp_ops.stack.deploy import compose_project
 from idp_ops.stack.secrets import POSTGRES_PASSWORD_FILE_NAME, ensure_postgres_password
+from idp_ops_harness.graphql_queries import ENGINE_EVENTS_QUERY, RELOAD_MUTATION
 from idp_ops_harness.ops_locations import (
-    ENGINE_EVENTS_QUERY,
-    RELOAD_MUTATION,
     BoxLocation,
     box_engine,
     make_engine_tls,

@@ -158,6 +158,9 @@ class TokenStreamServer:
         if self._process is not None:
             self._process.terminate()
             self._process.join(10)
+            if self._process.is_alive():  # a loaded box: do not leave it serving after the block
+                self._process.kill()
+                self._process.join(10)
 
     @property
     def pid(self) -> int:

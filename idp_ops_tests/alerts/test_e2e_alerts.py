@@ -107,8 +107,13 @@ def test_a_failed_run_is_alerted_and_a_killed_daemon_is_seen_by_the_guard(tmp_pa
             assert failed["job"] == "failing_job" and failed["step_key"] == "fail_on_purpose"
             assert failed["error"] == "RuntimeError: made to fail by the alerts end-to-end test"
             assert failed["origin"] == "run_failure_alert_sensor"
-            assert webhooks.flush(30) is True
-            assert [p["key"] for p in webhook.received if p["action"] == "run_failed"] == [failed["key"]]
+
+            # The sensor posts from the daemon's code server, in the background of that process (flushing
+            # this process's queue cannot wait for it): wait until the webhook has it, then exactly once.
+            def posted():
+                return [p["key"] for p in webhook.received if p["action"] == "run_failed"]
+
+            assert wait_for(posted, 60, "the run_failed webhook post", dagster) == [failed["key"]]
 
             guard.start()
             wait_for(lambda: any("watching the Dagster instance" in line for line in lines), 60, "the guard", dagster)

@@ -16,6 +16,7 @@ import pytest
 
 from idp_ops.validation.bench import BenchError, RequestSample, ScenarioResult, make_prompt, stream_request
 from idp_ops.validation.bench_pool import merge_samples, pool_workers, pooled_scenario, run_pool_scenario
+from idp_ops_harness.ports import refusing_port
 from idp_ops_harness.token_stream_server import TokenStreamServer
 
 TOKENS = 6
@@ -113,11 +114,12 @@ def test_the_async_hook_returns_the_scenario_and_errors_name_the_worker(server):
 
 
 def test_an_unreachable_server_gives_connect_errors_not_a_crash():
-    with TokenStreamServer(interval_ms=1) as gone:
-        url = gone.url
-    run = run_pool_scenario(
-        url, "llamacpp", "m", None, name="s", count=4, concurrency=4, max_tokens=3, nonce="x", workers=2
-    )
+    # A bound port that never listens refuses every connect (a stopped server's port may be taken again).
+    with refusing_port() as port:
+        run = run_pool_scenario(
+            f"http://127.0.0.1:{port}", "llamacpp", "m", None,
+            name="s", count=4, concurrency=4, max_tokens=3, nonce="x", workers=2,
+        )  # fmt: skip
     assert run.result.errors_by_kind == {"connect": 4} and run.result.success_rate == 0.0
 
 

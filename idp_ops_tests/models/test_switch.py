@@ -394,10 +394,11 @@ def test_a_file_that_differs_from_the_manifest_is_refused(offline):
 
 def test_asking_an_unreachable_server_what_it_serves_says_why():
     from idp_ops.models.switch import served_model, served_model_name
-    from idp_ops_harness.ports import free_port
+    from idp_ops_harness.ports import refusing_port
 
-    url = f"http://127.0.0.1:{free_port()}"
-    served = served_model(url, "k", timeout_s=2)
-    assert (served["model_path"], served["model_id"]) == (None, None)
-    assert served["error"].startswith("ConnectError")
-    assert served_model_name(url, "k") is None
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        served = served_model(url, "k", timeout_s=2)
+        assert (served["model_path"], served["model_id"]) == (None, None)
+        assert served["error"].startswith("ConnectError")
+        assert served_model_name(url, "k") is None

@@ -208,11 +208,11 @@ def test_a_rejected_key_is_an_auth_failure_not_a_measurement():
 
 
 def test_an_unreachable_endpoint_fails_clearly_after_the_ready_timeout():
-    from idp_ops_harness.ports import free_port
+    from idp_ops_harness.ports import refusing_port
 
-    url = f"http://127.0.0.1:{free_port()}"
     lines: list[str] = []
-    with pytest.raises(BenchError, match=r"not ready after 2 s \(last: ConnectError"):
+    with refusing_port() as port, pytest.raises(BenchError, match=r"not ready after 2 s \(last: ConnectError"):
+        url = f"http://127.0.0.1:{port}"
         run_benchmark_sync(url, "llamacpp", "m", "k", ready_timeout_s=2, progress=lines.append)
     # It kept trying until the ready timeout, rather than failing at the first refused connection.
     assert len(lines) == 1 and lines[0].startswith(f"{url} not ready (ConnectError"), lines

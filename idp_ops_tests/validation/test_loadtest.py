@@ -12,7 +12,7 @@ import pytest
 
 from idp_ops.validation.loadtest import LoadTestError, failure_status, parse_stats_csv, run_locust
 from idp_ops_harness.fake_llm_server import FakeServer
-from idp_ops_harness.ports import free_port
+from idp_ops_harness.ports import refusing_port
 
 LLAMACPP_NAMES = {"quick_completion", "hypothesis_generation"}
 OPENAI_NAMES = {"short_completion", "medium_completion", "long_completion", "/v1/models"}
@@ -34,18 +34,19 @@ def test_bad_arguments_and_a_missing_key_file_are_refused(tmp_path):
 
 
 def test_an_unused_port_makes_every_request_fail_as_connect(tmp_path):
-    result = run_locust(
-        f"http://127.0.0.1:{free_port()}",
-        "llamacpp",
-        "m",
-        None,
-        users=2,
-        spawn_rate=2,
-        run_time_s=3,
-        csv_dir=tmp_path,
-        timeout_s=5,
-        wait_scale=0.2,
-    )
+    with refusing_port() as port:
+        result = run_locust(
+            f"http://127.0.0.1:{port}",
+            "llamacpp",
+            "m",
+            None,
+            users=2,
+            spawn_rate=2,
+            run_time_s=3,
+            csv_dir=tmp_path,
+            timeout_s=5,
+            wait_scale=0.2,
+        )
     assert result.requests > 0 and result.failures == result.requests
     assert result.failures_by_status == {"connect": result.failures}
     assert not result.ok and result.problems[0].startswith(f"{result.failures} of {result.requests} requests failed")

@@ -146,6 +146,22 @@ def run_context(
     return {"docker": run_docker}
 
 
+def _box_env(settings, project: str, image: str, config: Path, context: dict) -> dict:
+    """What both env files hold: the project, the image, the service uid, the settings and password files,
+    the runs' container context, and the settings' paths as every idp_ops process sees them."""
+    return {
+        "COMPOSE_PROJECT_NAME": project,
+        "IDP_OPS_PROJECT": project,
+        "IDP_OPS_IMAGE": image,
+        "IDP_OPS_UID": str(settings.service_uid),
+        "IDP_OPS_GID": str(settings.service_gid),
+        "IDP_OPS_CONFIG_FILE": str(config),
+        "IDP_OPS_PASSWORD_FILE": str(settings.secrets_dir / POSTGRES_PASSWORD_FILE_NAME),
+        "IDP_OPS_RUN_CONTEXT": json.dumps(context, separators=(",", ":")),
+        **{f"IDP_OPS_{k}": v for k, v in _settings_env(settings, project).items()},
+    }
+
+
 def platform_env(
     project: str,
     image: str,
@@ -164,26 +180,17 @@ def platform_env(
     workspace naming other boxes, their engines' client credentials); default <home>/ops-platform."""
     _one_address("pg_bind", pg_bind)
     settings = load_settings(config)
-    idp_env = _settings_env(settings, project)
     # Runs share the host's network: they reach Postgres where it is published.
     context = run_context(settings, project, config, pg_bind, pg_port, docker_socket, postgres_project=project)
     return {
-        "COMPOSE_PROJECT_NAME": project,
-        "IDP_OPS_PROJECT": project,
-        "IDP_OPS_IMAGE": image,
+        **_box_env(settings, project, image, config, context),
         "IDP_OPS_POSTGRES_IMAGE": postgres_image,
         "IDP_OPS_UI_PORT": str(ui_port),
         "IDP_OPS_PG_BIND": pg_bind,
         "IDP_OPS_PG_PORT": str(pg_port),
         "IDP_OPS_WORKSPACE": workspace,
         "IDP_OPS_PLATFORM_DIR": str(platform_dir or settings.home / "ops-platform"),
-        "IDP_OPS_UID": str(settings.service_uid),
-        "IDP_OPS_GID": str(settings.service_gid),
         "IDP_OPS_DOCKER_GID": str(_docker_gid(docker_socket)),
-        "IDP_OPS_CONFIG_FILE": str(config),
-        "IDP_OPS_PASSWORD_FILE": str(settings.secrets_dir / POSTGRES_PASSWORD_FILE_NAME),
-        "IDP_OPS_RUN_CONTEXT": json.dumps(context, separators=(",", ":")),
-        **{f"IDP_OPS_{k}": v for k, v in idp_env.items()},
     }
 
 
@@ -209,7 +216,6 @@ def location_env(
     """
     _one_address("grpc_bind", grpc_bind)
     settings = load_settings(config)
-    idp_env = _settings_env(settings, project)
     context = run_context(
         settings,
         project,
@@ -222,20 +228,12 @@ def location_env(
         run_engine_cert_path,
     )
     return {
-        "COMPOSE_PROJECT_NAME": project,
-        "IDP_OPS_PROJECT": project,
-        "IDP_OPS_IMAGE": image,
+        **_box_env(settings, project, image, config, context),
         "IDP_OPS_LOCATION_NAME": location,
         "IDP_OPS_GRPC_BIND": grpc_bind,
         "IDP_OPS_GRPC_PORT": str(grpc_port),
         "IDP_OPS_PG_HOST": pg_host,
         "IDP_OPS_PG_PORT": str(pg_port),
-        "IDP_OPS_UID": str(settings.service_uid),
-        "IDP_OPS_GID": str(settings.service_gid),
-        "IDP_OPS_CONFIG_FILE": str(config),
-        "IDP_OPS_PASSWORD_FILE": str(settings.secrets_dir / POSTGRES_PASSWORD_FILE_NAME),
-        "IDP_OPS_RUN_CONTEXT": json.dumps(context, separators=(",", ":")),
-        **{f"IDP_OPS_{k}": v for k, v in idp_env.items()},
     }
 
 
